@@ -35,4 +35,7 @@ pub use format::{
     BatchBuilder, BatchError, BatchLimits, EncodedBatch, Headers, Record, RecordInput,
 };
 pub use io::{OsStorage, Storage, StorageFile};
-pub use log::{AppendInfo, LogInfo, PartitionLog, ReadResult, RetentionOutcome, SegmentInfo};
+pub use log::{
+    AppendInfo, LogInfo, PartitionLog, ReadResult, RetentionOutcome, SYNC_BUCKETS_MICROS,
+    SegmentInfo, SyncHistogram,
+};

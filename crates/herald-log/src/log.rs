@@ -88,6 +88,41 @@ pub struct RetentionOutcome {
     pub vetoed: bool,
 }
 
+/// Upper bounds, in microseconds, of the buckets of [`SyncHistogram`].
+pub const SYNC_BUCKETS_MICROS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// How long `fdatasync` took, as cumulative-free bucket counts (the last count is for syncs
+/// slower than every bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncHistogram {
+    pub buckets: [u64; SYNC_BUCKETS_MICROS.len() + 1],
+    pub count: u64,
+    pub sum_micros: u64,
+}
+
+impl SyncHistogram {
+    fn record(&mut self, micros: u64) {
+        let bucket = SYNC_BUCKETS_MICROS
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(SYNC_BUCKETS_MICROS.len());
+        self.buckets[bucket] += 1;
+        self.count += 1;
+        self.sum_micros += micros;
+    }
+
+    /// Adds another histogram's counts to this one.
+    pub fn merge(&mut self, other: &SyncHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_micros += other.sum_micros;
+    }
+}
+
 /// A partition's log. Cheap to clone; all clones share one log.
 #[derive(Debug, Clone)]
 pub struct PartitionLog {
@@ -110,6 +145,7 @@ struct Inner {
     end_offset: watch::Sender<u64>,
     /// Tells the interval flusher thread to stop; shared so the thread need not keep the log alive.
     flusher: Arc<FlusherSignal>,
+    sync_histogram: Mutex<SyncHistogram>,
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +303,7 @@ impl PartitionLog {
             open_sealed: Mutex::new(VecDeque::new()),
             end_offset: watch::Sender::new(end),
             flusher: Arc::new(FlusherSignal::default()),
+            sync_histogram: Mutex::new(SyncHistogram::default()),
             config,
         });
         if let FsyncPolicy::Interval(interval) = inner.config.fsync {
@@ -397,6 +434,11 @@ impl PartitionLog {
         }
         self.inner.flusher.stop();
         self.inner.storage.remove_dir_all(&self.inner.directory)
+    }
+
+    /// How long this log's syncs took so far.
+    pub fn sync_histogram(&self) -> SyncHistogram {
+        lock(&self.inner.sync_histogram).clone()
     }
 
     /// Appends that have not returned yet, and bytes queued but not yet written.
@@ -768,7 +810,10 @@ impl Inner {
         let segment = state.active.clone();
         let file = state.active_file.clone();
         drop(state);
+        let started = std::time::Instant::now();
         let result = file.sync_data();
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lock(&self.sync_histogram).record(micros);
         let mut state = lock(&self.writer);
         match result {
             Ok(()) => {

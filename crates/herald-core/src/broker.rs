@@ -1,0 +1,1251 @@
+//! The broker: topics, publishing with deduplication, reading, live tail, subscriptions and the
+//! services registry, over a [`Store`].
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_log::{AppendError, BatchBuilder, ReadError, RetentionPolicy};
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::dedup::{DedupIndex, DedupKey, KeyHasher, Lookup};
+use crate::meta::{ServiceRecord, TopicRecord};
+use crate::murmur2;
+use crate::names::{self, NameError};
+use crate::receipt::ReceiptKey;
+use crate::store::{Store, StoreError};
+use crate::stream::{self, StreamGroup};
+use crate::subscription::{Mode, Start, SubscriptionSpec};
+
+/// Record header names the broker writes beside each event, so that deduplication and routing
+/// need not parse the event's JSON.
+pub const HEADER_ID: &[u8] = b"id";
+pub const HEADER_SOURCE: &[u8] = b"source";
+pub const HEADER_TYPE: &[u8] = b"type";
+
+/// Why a broker operation failed. Each variant maps to one HTTP status in `herald-http`.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("subscription {0:?} does not exist")]
+    SubscriptionNotFound(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A request the caller must change.
+    #[error("{0}")]
+    Invalid(String),
+    /// The thing exists with other settings.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(
+        "offset {offset} is outside the retained range {start_offset}..{end_offset} of partition {partition}"
+    )]
+    OffsetOutOfRange {
+        partition: u32,
+        offset: u64,
+        start_offset: u64,
+        end_offset: u64,
+    },
+    /// Too much in flight; retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("no space left on the device: {0}")]
+    DiskFull(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+}
+
+impl From<AppendError> for BrokerError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::DiskFull(_) => BrokerError::DiskFull(error.to_string()),
+            AppendError::Overloaded { .. } => BrokerError::Overloaded(error.to_string()),
+            AppendError::Batch(_) => BrokerError::Invalid(error.to_string()),
+            other => BrokerError::Storage(StoreError::Append(other)),
+        }
+    }
+}
+
+fn from_store(error: StoreError) -> BrokerError {
+    match error {
+        StoreError::Append(append) => append.into(),
+        other => BrokerError::Storage(other),
+    }
+}
+
+/// Settings of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub partitions: u32,
+    pub retention_age_max: Option<Duration>,
+    pub retention_bytes_max: Option<u64>,
+    pub dedup_window: Duration,
+}
+
+impl Default for TopicSettings {
+    /// The contract's defaults: 1 partition, 7 days, no byte limit, 2 minutes.
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention_age_max: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes_max: None,
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Most partitions a topic may have.
+pub const PARTITIONS_MAX: u32 = 1024;
+
+/// Settings of the broker itself.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Publishing to an unknown topic creates it with `default_topic` settings.
+    pub auto_create_topics: bool,
+    pub default_topic: TopicSettings,
+    /// Most keys one topic's deduplication window holds.
+    pub dedup_entries_max: usize,
+    /// Largest response a read or pull assembles.
+    pub response_bytes_max: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            auto_create_topics: true,
+            default_topic: TopicSettings::default(),
+            dedup_entries_max: 1_000_000,
+            response_bytes_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A topic as the broker holds it at run time.
+#[derive(Debug)]
+pub struct Topic {
+    pub record: TopicRecord,
+    dedup: Mutex<DedupIndex>,
+    dedup_resolved: Notify,
+    round_robin: AtomicU32,
+    pub published_events: AtomicU64,
+    pub published_bytes: AtomicU64,
+}
+
+impl Topic {
+    fn new(record: TopicRecord, dedup_entries_max: usize) -> Self {
+        Self {
+            dedup: Mutex::new(DedupIndex::new(record.dedup_window_ms, dedup_entries_max)),
+            dedup_resolved: Notify::new(),
+            round_robin: AtomicU32::new(0),
+            published_events: AtomicU64::new(0),
+            published_bytes: AtomicU64::new(0),
+            record,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn settings(&self) -> TopicSettings {
+        settings_of(&self.record)
+    }
+}
+
+fn settings_of(record: &TopicRecord) -> TopicSettings {
+    TopicSettings {
+        partitions: record.partitions,
+        retention_age_max: record.retention_age_max_ms.map(Duration::from_millis),
+        retention_bytes_max: record.retention_bytes_max,
+        dedup_window: Duration::from_millis(record.dedup_window_ms),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Holders never leave the guarded data half-changed before a possible panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One event to publish. Everything is borrowed from the request; `body` is the CloudEvent as
+/// the JSON object Herald stores and serves.
+#[derive(Debug, Clone)]
+pub struct EventToPublish<'a> {
+    pub id: Cow<'a, str>,
+    pub source: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    pub partition_key: Option<Cow<'a, str>>,
+    pub body: &'a [u8],
+}
+
+/// Where a published event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub partition: u32,
+    pub offset: u64,
+    pub duplicate: bool,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Offset(u64),
+    /// The first event at or after this time (ms since the Unix epoch).
+    Time(u64),
+}
+
+/// An event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub topic: Arc<Topic>,
+    pub partition: u32,
+    pub offset: u64,
+    /// When Herald stored it (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// The CloudEvent as JSON.
+    pub event: Bytes,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    pub events: Vec<StoredEvent>,
+    pub next_offset: u64,
+}
+
+/// A notice that records were appended (for live tail).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub topic: Arc<Topic>,
+    pub partition: u32,
+    pub base_offset: u64,
+    pub end_offset: u64,
+}
+
+/// Summary of a topic for listings.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub record: TopicRecord,
+    pub partitions: Vec<PartitionInfo>,
+    pub published_events: u64,
+    pub published_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub bytes: u64,
+}
+
+/// A subscription at run time.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: u64,
+    pub name: String,
+    pub spec: SubscriptionSpec,
+    pub created_ms: u64,
+    pub(crate) group: StreamGroup,
+}
+
+/// Capacity of the live-tail notice channel; a tail that falls further behind skips notices
+/// (live tail is at-most-once).
+const TAIL_CHANNEL_CAPACITY: usize = 4096;
+
+/// The broker.
+#[derive(Debug)]
+pub struct Broker {
+    pub(crate) store: Arc<dyn Store>,
+    config: BrokerConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
+    /// Serializes creating and deleting topics and subscriptions.
+    admin: tokio::sync::Mutex<()>,
+    appended: broadcast::Sender<Appended>,
+    /// Bumped when the set of topics changes, so stream groups pick up new partitions.
+    pub(crate) topics_changed: watch::Sender<u64>,
+    services: Mutex<BTreeMap<String, ServiceRecord>>,
+    pub(crate) receipts: ReceiptKey,
+    key_hasher: KeyHasher,
+}
+
+const RECEIPT_KEY_SETTING: &str = "receipt_key";
+const NEXT_ID_SETTING: &str = "next_id";
+
+impl Broker {
+    /// Opens the broker over a store: loads topics and subscriptions, and rebuilds each topic's
+    /// deduplication window from the events stored within it.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        config: BrokerConfig,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        let receipts = match store.setting(RECEIPT_KEY_SETTING)? {
+            Some(bytes) if bytes.len() == 32 => {
+                ReceiptKey::from_bytes(bytes.try_into().expect("checked to be 32 bytes"))
+            }
+            _ => {
+                let key = ReceiptKey::generate()
+                    .map_err(|error| BrokerError::Storage(StoreError::Worker(error.to_string())))?;
+                store.put_setting(RECEIPT_KEY_SETTING, key.bytes().to_vec())?;
+                key
+            }
+        };
+        let topics: BTreeMap<String, Arc<Topic>> = store
+            .topics()?
+            .into_iter()
+            .map(|record| {
+                (
+                    record.name.clone(),
+                    Arc::new(Topic::new(record, config.dedup_entries_max)),
+                )
+            })
+            .collect();
+        let services = store
+            .services()?
+            .into_iter()
+            .map(|service| (service.name.clone(), service))
+            .collect();
+        let broker = Arc::new(Broker {
+            store: store.clone(),
+            topics: RwLock::new(topics),
+            subscriptions: RwLock::new(BTreeMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+            appended: broadcast::channel(TAIL_CHANNEL_CAPACITY).0,
+            topics_changed: watch::Sender::new(0),
+            services: Mutex::new(services),
+            receipts,
+            key_hasher: KeyHasher::default(),
+            config,
+        });
+        for record in store.subscriptions()? {
+            let spec: SubscriptionSpec =
+                serde_json::from_value(record.settings.clone()).map_err(|error| {
+                    BrokerError::Invalid(format!("stored subscription {}: {error}", record.name))
+                })?;
+            let committed = store.positions(record.id)?;
+            let subscription = Arc::new(Subscription {
+                id: record.id,
+                group: StreamGroup::new(&committed),
+                name: record.name.clone(),
+                spec,
+                created_ms: record.created_ms,
+            });
+            broker
+                .subscriptions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(record.name, subscription);
+        }
+        let all_topics: Vec<Arc<Topic>> = broker.topics_snapshot();
+        for topic in all_topics {
+            broker.rebuild_dedup(&topic).await?;
+        }
+        Ok(broker)
+    }
+
+    /// Reads the events stored within a topic's window back into its deduplication index.
+    async fn rebuild_dedup(&self, topic: &Arc<Topic>) -> Result<(), BrokerError> {
+        let now = now_ms();
+        let since = now.saturating_sub(topic.record.dedup_window_ms);
+        let mut loaded = 0usize;
+        for partition in 0..topic.record.partitions {
+            let mut offset = self
+                .store
+                .offset_for_timestamp(topic.record.id, partition, since)
+                .await?;
+            loop {
+                let read = self
+                    .store
+                    .read(topic.record.id, partition, offset, 4 * 1024 * 1024)
+                    .await?;
+                if read.records.is_empty() {
+                    break;
+                }
+                let mut index = lock(&topic.dedup);
+                for record in &read.records {
+                    if let (Some(source), Some(id)) = (
+                        record.headers.get(HEADER_SOURCE),
+                        record.headers.get(HEADER_ID),
+                    ) {
+                        index.store(
+                            self.key_hasher.key(source, id),
+                            partition,
+                            record.offset,
+                            record.timestamp_ms,
+                        );
+                        loaded += 1;
+                    }
+                }
+                index.prune(now);
+                offset = read.next_offset;
+            }
+        }
+        tracing::debug!(topic = topic.name(), loaded, "deduplication window rebuilt");
+        Ok(())
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The store under the broker.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    async fn next_id(&self) -> Result<u64, BrokerError> {
+        // Called with `admin` held, so read-increment-write cannot race.
+        let next = match self.store.setting(NEXT_ID_SETTING)? {
+            Some(bytes) if bytes.len() == 8 => {
+                u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+            }
+            _ => 1,
+        };
+        self.store
+            .put_setting(NEXT_ID_SETTING, (next + 1).to_le_bytes().to_vec())?;
+        Ok(next)
+    }
+
+    /// Creates a topic (`Ok(true)`), or confirms one that exists with the same settings
+    /// (`Ok(false)`). More partitions than it has grow it; anything else different is a conflict.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        settings: TopicSettings,
+    ) -> Result<(Arc<Topic>, bool), BrokerError> {
+        names::check_topic_name(name)?;
+        if names::is_internal(name) {
+            return Err(BrokerError::Invalid(format!(
+                "topic names starting with '_' belong to Herald itself; choose another name than {name:?}"
+            )));
+        }
+        self.create_topic_unchecked(name, settings).await
+    }
+
+    async fn create_topic_unchecked(
+        &self,
+        name: &str,
+        settings: TopicSettings,
+    ) -> Result<(Arc<Topic>, bool), BrokerError> {
+        if settings.partitions == 0 || settings.partitions > PARTITIONS_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "partitions must be between 1 and {PARTITIONS_MAX}, not {}",
+                settings.partitions
+            )));
+        }
+        let _admin = self.admin.lock().await;
+        if let Ok(existing) = self.topic(name) {
+            let current = existing.settings();
+            if current == settings {
+                return Ok((existing, false));
+            }
+            let only_grows = TopicSettings {
+                partitions: current.partitions,
+                ..settings
+            } == current
+                && settings.partitions > current.partitions;
+            if !only_grows {
+                return Err(BrokerError::Conflict(format!(
+                    "topic {name:?} exists with other settings ({} partitions, retention {:?} / {:?} bytes, dedup window {:?}); \
+                     only the partition count can change, and only upwards",
+                    current.partitions,
+                    current.retention_age_max,
+                    current.retention_bytes_max,
+                    current.dedup_window
+                )));
+            }
+            let record = TopicRecord {
+                partitions: settings.partitions,
+                ..existing.record.clone()
+            };
+            self.store.put_topic(record.clone()).await?;
+            let grown = Arc::new(Topic::new(record, self.config.dedup_entries_max));
+            self.rebuild_dedup(&grown).await?;
+            self.topics
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(name.to_owned(), grown.clone());
+            self.topics_changed
+                .send_modify(|generation| *generation += 1);
+            return Ok((grown, false));
+        }
+        let record = TopicRecord {
+            id: self.next_id().await?,
+            name: name.to_owned(),
+            partitions: settings.partitions,
+            retention_age_max_ms: settings
+                .retention_age_max
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            retention_bytes_max: settings.retention_bytes_max,
+            dedup_window_ms: u64::try_from(settings.dedup_window.as_millis()).unwrap_or(u64::MAX),
+            created_ms: now_ms(),
+        };
+        self.store.put_topic(record.clone()).await?;
+        let topic = Arc::new(Topic::new(record, self.config.dedup_entries_max));
+        self.topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_owned(), topic.clone());
+        self.topics_changed
+            .send_modify(|generation| *generation += 1);
+        tracing::info!(
+            topic = name,
+            partitions = settings.partitions,
+            "topic created"
+        );
+        Ok((topic, true))
+    }
+
+    /// Every topic, by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        self.topics_snapshot()
+            .iter()
+            .map(|topic| self.topic_info(topic))
+            .collect()
+    }
+
+    /// A topic with its partitions' offsets.
+    pub fn topic_info(&self, topic: &Topic) -> TopicInfo {
+        let partitions = (0..topic.record.partitions)
+            .map(|partition| {
+                let info = self.store.partition_info(topic.record.id, partition).ok();
+                PartitionInfo {
+                    partition,
+                    start_offset: info.map_or(0, |info| info.start_offset),
+                    end_offset: info.map_or(0, |info| info.end_offset),
+                    bytes: info.map_or(0, |info| info.bytes),
+                }
+            })
+            .collect();
+        TopicInfo {
+            record: topic.record.clone(),
+            partitions,
+            published_events: topic.published_events.load(Ordering::Relaxed),
+            published_bytes: topic.published_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes a topic and its events.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        self.store.delete_topic(topic.record.clone()).await?;
+        self.topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name);
+        self.topics_changed
+            .send_modify(|generation| *generation += 1);
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// The topic to publish to: an existing one, or one created with defaults when allowed.
+    async fn topic_for_publish(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if let Ok(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        names::check_topic_name(name)?;
+        if !self.config.auto_create_topics {
+            return Err(BrokerError::TopicNotFound(name.to_owned()));
+        }
+        if names::is_internal(name) {
+            return Err(BrokerError::Invalid(format!(
+                "topic names starting with '_' belong to Herald itself; {name:?} cannot be created by publishing"
+            )));
+        }
+        Ok(self
+            .create_topic_unchecked(name, self.config.default_topic)
+            .await?
+            .0)
+    }
+
+    /// Publishes events to a topic; returns their positions in input order once all are durable.
+    ///
+    /// An event whose `source` + `id` was stored within the topic's window is not stored again:
+    /// its first position comes back with `duplicate: true`. Events with a `partition_key` go to
+    /// Kafka's murmur2 partition for it; the others of one call go together to the next partition
+    /// in turn. A batch is validated as a whole before anything is written; if the disk fails
+    /// while several partitions are written, some may hold their events (retrying the same
+    /// events is safe: they come back as duplicates).
+    pub async fn publish(
+        &self,
+        topic_name: &str,
+        events: &[EventToPublish<'_>],
+        service: Option<&str>,
+    ) -> Result<Vec<Published>, BrokerError> {
+        let topic = self.topic_for_publish(topic_name).await?;
+        if let Some(service) = service {
+            self.note_service(service, Some(topic_name), None);
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions = topic.record.partitions;
+        let unkeyed_partition = topic.round_robin.fetch_add(1, Ordering::Relaxed) % partitions;
+        let keys: Vec<DedupKey> = events
+            .iter()
+            .map(|event| {
+                self.key_hasher
+                    .key(event.source.as_bytes(), event.id.as_bytes())
+            })
+            .collect();
+
+        // Deduplicate: reserve every new key (in key order, see `dedup`), note the duplicates.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_unstable_by_key(|&index| keys[index]);
+        let mut outcome: Vec<Option<Published>> = vec![None; events.len()];
+        // For an event repeated within this call: the index of its first occurrence.
+        let mut same_as: Vec<Option<usize>> = vec![None; events.len()];
+        let mut reserved: Vec<DedupKey> = Vec::new();
+        let mut at = 0;
+        while at < order.len() {
+            let index = order[at];
+            if at > 0 && keys[order[at - 1]] == keys[index] {
+                same_as[index] = Some(same_as[order[at - 1]].unwrap_or(order[at - 1]));
+                at += 1;
+                continue;
+            }
+            // Registered before the lookup, so a release between the two is not missed.
+            let resolved = topic.dedup_resolved.notified();
+            tokio::pin!(resolved);
+            resolved.as_mut().enable();
+            let lookup = {
+                let mut dedup = lock(&topic.dedup);
+                dedup.prune(now_ms());
+                dedup.lookup_or_reserve(keys[index])
+            };
+            match lookup {
+                Lookup::Reserved => {
+                    reserved.push(keys[index]);
+                    at += 1;
+                }
+                Lookup::Duplicate { partition, offset } => {
+                    outcome[index] = Some(Published {
+                        partition,
+                        offset,
+                        duplicate: true,
+                    });
+                    at += 1;
+                }
+                Lookup::InFlight => {
+                    // Another publish holds this key: wait for it to store or release it, then
+                    // look again. Keys are taken in order, so the holder never waits on ours.
+                    resolved.await;
+                }
+            }
+        }
+
+        let result = self
+            .append_reserved(&topic, events, &outcome, &same_as, unkeyed_partition)
+            .await;
+        let now = now_ms();
+        {
+            let mut dedup = lock(&topic.dedup);
+            match &result {
+                Ok(stored) => {
+                    for (index, position) in stored {
+                        dedup.store(keys[*index], position.partition, position.offset, now);
+                    }
+                }
+                Err(_) => {
+                    for key in &reserved {
+                        dedup.release(*key);
+                    }
+                }
+            }
+        }
+        topic.dedup_resolved.notify_waiters();
+        for (index, position) in result? {
+            outcome[index] = Some(position);
+        }
+        for index in 0..events.len() {
+            if let Some(first) = same_as[index] {
+                let position = outcome[first].expect("the first occurrence has a position");
+                outcome[index] = Some(Published {
+                    duplicate: true,
+                    ..position
+                });
+            }
+        }
+        Ok(outcome
+            .into_iter()
+            .map(|position| position.expect("every event was stored or found to be a duplicate"))
+            .collect())
+    }
+
+    /// Encodes the events that need storing into one batch per partition, appends them all
+    /// concurrently, and returns (event index, position) for each stored event.
+    async fn append_reserved(
+        &self,
+        topic: &Arc<Topic>,
+        events: &[EventToPublish<'_>],
+        outcome: &[Option<Published>],
+        same_as: &[Option<usize>],
+        unkeyed_partition: u32,
+    ) -> Result<Vec<(usize, Published)>, BrokerError> {
+        let partitions = topic.record.partitions;
+        let limits = self.store.batch_limits();
+        let timestamp_ms = now_ms();
+        // partition → (builder, indexes of its events in order)
+        let mut batches: BTreeMap<u32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
+        let mut bytes = 0u64;
+        for (index, event) in events.iter().enumerate() {
+            if outcome[index].is_some() || same_as[index].is_some() {
+                continue;
+            }
+            let partition = match &event.partition_key {
+                Some(key) => murmur2::partition_for_key(key.as_bytes(), partitions),
+                None => unkeyed_partition,
+            };
+            let (builder, indexes) = batches
+                .entry(partition)
+                .or_insert_with(|| (BatchBuilder::with_capacity(limits, 64 * 1024), Vec::new()));
+            let headers: [(&[u8], &[u8]); 3] = [
+                (HEADER_ID, event.id.as_bytes()),
+                (HEADER_SOURCE, event.source.as_bytes()),
+                (HEADER_TYPE, event.event_type.as_bytes()),
+            ];
+            builder
+                .push_with(
+                    timestamp_ms,
+                    event.partition_key.as_deref().map(str::as_bytes),
+                    &headers,
+                    |buffer| buffer.extend_from_slice(event.body),
+                )
+                .map_err(|error| BrokerError::Invalid(format!("event {index}: {error}")))?;
+            bytes += event.body.len() as u64;
+            indexes.push(index);
+        }
+        let mut pending = Vec::with_capacity(batches.len());
+        for (partition, (builder, indexes)) in batches {
+            let batch = builder
+                .finish()
+                .map_err(|error| BrokerError::Invalid(error.to_string()))?;
+            let store = self.store.clone();
+            let topic_id = topic.record.id;
+            pending.push(async move {
+                let appended = store.append(topic_id, partition, batch).await;
+                (partition, indexes, appended)
+            });
+        }
+        let mut stored = Vec::new();
+        let mut failure = None;
+        for (partition, indexes, appended) in futures_util::future::join_all(pending).await {
+            match appended {
+                Ok(info) => {
+                    let _ = self.appended.send(Appended {
+                        topic: topic.clone(),
+                        partition,
+                        base_offset: info.base_offset,
+                        end_offset: info.end_offset,
+                    });
+                    for (number, index) in indexes.into_iter().enumerate() {
+                        let offset = info.base_offset + number as u64;
+                        stored.push((
+                            index,
+                            Published {
+                                partition,
+                                offset,
+                                duplicate: false,
+                            },
+                        ));
+                    }
+                }
+                Err(error) => failure = Some(from_store(error)),
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        topic
+            .published_events
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        topic.published_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(stored)
+    }
+
+    fn check_partition(topic: &Topic, partition: u32) -> Result<(), BrokerError> {
+        if partition >= topic.record.partitions {
+            return Err(BrokerError::Invalid(format!(
+                "partition {partition} does not exist: topic {:?} has partitions 0..{}",
+                topic.record.name,
+                topic.record.partitions - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads up to `limit` events of one partition, waiting up to `wait` for the first one.
+    pub async fn read(
+        &self,
+        topic_name: &str,
+        partition: u32,
+        from: ReadFrom,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<ReadOutcome, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        Self::check_partition(&topic, partition)?;
+        let topic_id = topic.record.id;
+        let offset = match from {
+            ReadFrom::Offset(offset) => offset,
+            ReadFrom::Time(timestamp_ms) => {
+                self.store
+                    .offset_for_timestamp(topic_id, partition, timestamp_ms)
+                    .await?
+            }
+        };
+        let info = self.store.partition_info(topic_id, partition)?;
+        if offset < info.start_offset || offset > info.end_offset {
+            return Err(BrokerError::OffsetOutOfRange {
+                partition,
+                offset,
+                start_offset: info.start_offset,
+                end_offset: info.end_offset,
+            });
+        }
+        if offset == info.end_offset && !wait.is_zero() {
+            let mut end = self.store.watch_end(topic_id, partition)?;
+            let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > offset)).await;
+        }
+        let mut events = Vec::new();
+        let mut next_offset = offset;
+        let mut bytes = 0usize;
+        while events.len() < limit && bytes < self.config.response_bytes_max {
+            let read = match self
+                .store
+                .read(topic_id, partition, next_offset, 1024 * 1024)
+                .await
+            {
+                Ok(read) => read,
+                Err(StoreError::Read(ReadError::OffsetOutOfRange {
+                    start_offset,
+                    end_offset,
+                    ..
+                })) => {
+                    return Err(BrokerError::OffsetOutOfRange {
+                        partition,
+                        offset: next_offset,
+                        start_offset,
+                        end_offset,
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if read.records.is_empty() {
+                break;
+            }
+            for record in read.records {
+                if events.len() >= limit || bytes >= self.config.response_bytes_max {
+                    break;
+                }
+                bytes += record.payload.len();
+                next_offset = record.offset + 1;
+                events.push(StoredEvent {
+                    topic: topic.clone(),
+                    partition,
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
+                    event: record.payload,
+                });
+            }
+        }
+        Ok(ReadOutcome {
+            events,
+            next_offset,
+        })
+    }
+
+    /// Notices of appends to topics matching `patterns`, from now on.
+    pub fn tail(&self, patterns: Vec<String>) -> Result<Tail, BrokerError> {
+        for pattern in &patterns {
+            names::check_pattern(pattern)?;
+        }
+        if patterns.is_empty() {
+            return Err(BrokerError::Invalid(
+                "name at least one topic or pattern in ?topics=".into(),
+            ));
+        }
+        Ok(Tail {
+            receiver: self.appended.subscribe(),
+            patterns,
+            store: self.store.clone(),
+        })
+    }
+
+    /// Records what a service was seen doing (persisted when it publishes to or consumes from
+    /// something new; `last_seen` is kept in memory and saved at shutdown).
+    pub(crate) fn note_service(
+        &self,
+        service: &str,
+        publishes: Option<&str>,
+        consumes: Option<&str>,
+    ) {
+        if service.is_empty() || service.len() > 249 {
+            return;
+        }
+        let changed = {
+            let mut services = lock(&self.services);
+            let record = services
+                .entry(service.to_owned())
+                .or_insert_with(|| ServiceRecord {
+                    name: service.to_owned(),
+                    ..ServiceRecord::default()
+                });
+            record.last_seen_ms = now_ms();
+            let mut changed = false;
+            if let Some(topic) = publishes
+                && !record.publishes.iter().any(|known| known == topic)
+            {
+                record.publishes.push(topic.to_owned());
+                record.publishes.sort();
+                changed = true;
+            }
+            if let Some(subscription) = consumes
+                && !record.consumes.iter().any(|known| known == subscription)
+            {
+                record.consumes.push(subscription.to_owned());
+                record.consumes.sort();
+                changed = true;
+            }
+            changed.then(|| record.clone())
+        };
+        if let Some(record) = changed {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.put_service(record).await {
+                    tracing::warn!(%error, "could not record a service");
+                }
+            });
+        }
+    }
+
+    /// Every service seen, by name.
+    pub fn services(&self) -> Vec<ServiceRecord> {
+        lock(&self.services).values().cloned().collect()
+    }
+
+    /// Applies every topic's retention policy once. Stream subscriptions do not hold segments
+    /// back (like Kafka, a group behind retention resumes at the oldest retained event).
+    pub async fn apply_retention(&self) -> Result<u32, BrokerError> {
+        let now = now_ms();
+        let mut deleted = 0;
+        for topic in self.topics_snapshot() {
+            let policy = RetentionPolicy {
+                age_max: topic.record.retention_age_max_ms.map(Duration::from_millis),
+                bytes_max: topic.record.retention_bytes_max,
+            };
+            if policy.age_max.is_none() && policy.bytes_max.is_none() {
+                continue;
+            }
+            for partition in 0..topic.record.partitions {
+                let outcome = self
+                    .store
+                    .apply_retention(topic.record.id, partition, policy, now, Box::new(|_| true))
+                    .await?;
+                deleted += outcome.deleted_segments;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Saves what is only in memory (services' last-seen times) and syncs the store.
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        for service in self.services() {
+            self.store.put_service(service).await?;
+        }
+        self.store.close()?;
+        Ok(())
+    }
+
+    // ---- subscriptions ----
+
+    pub(crate) fn subscriptions_snapshot(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The subscription named `name`.
+    pub fn subscription(&self, name: &str) -> Result<Arc<Subscription>, BrokerError> {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::SubscriptionNotFound(name.to_owned()))
+    }
+
+    /// Every subscription, by name.
+    pub fn list_subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions_snapshot()
+    }
+
+    /// The partitions a subscription covers now: every partition of every topic its names or
+    /// patterns match. Internal topics (`_…`) match only patterns that start with `_`.
+    pub(crate) fn partitions_of(&self, spec: &SubscriptionSpec) -> Vec<(Arc<Topic>, u32)> {
+        let mut covered = Vec::new();
+        for topic in self.topics_snapshot() {
+            let matched = spec.topics.iter().any(|pattern| {
+                (!names::is_internal(topic.name()) || names::is_internal(pattern))
+                    && names::pattern_matches(pattern, topic.name())
+            });
+            if matched {
+                for partition in 0..topic.record.partitions {
+                    covered.push((topic.clone(), partition));
+                }
+            }
+        }
+        covered
+    }
+
+    /// Creates a subscription (`Ok(true)`), or confirms one with the same settings.
+    pub async fn create_subscription(
+        &self,
+        name: &str,
+        spec: SubscriptionSpec,
+    ) -> Result<(Arc<Subscription>, bool), BrokerError> {
+        names::check_subscription_name(name)?;
+        if spec.topics.is_empty() {
+            return Err(BrokerError::Invalid(
+                "a subscription needs at least one topic name or pattern in \"topics\"".into(),
+            ));
+        }
+        for pattern in &spec.topics {
+            names::check_pattern(pattern)?;
+        }
+        match spec.mode {
+            Mode::Queue => {
+                return Err(BrokerError::NotImplemented(
+                    "queue subscriptions are not available in this version of Herald yet; use \"mode\": \"stream\"".into(),
+                ));
+            }
+            Mode::Stream => {}
+        }
+        if spec.filter.is_some() {
+            return Err(BrokerError::NotImplemented(
+                "subscription filters are not available in this version of Herald yet".into(),
+            ));
+        }
+        if spec.push.is_some() {
+            return Err(BrokerError::Invalid(
+                "\"push\" is only for queue subscriptions".into(),
+            ));
+        }
+        let _admin = self.admin.lock().await;
+        if let Ok(existing) = self.subscription(name) {
+            if existing.spec == spec {
+                return Ok((existing, false));
+            }
+            return Err(BrokerError::Conflict(format!(
+                "subscription {name:?} exists with other settings; delete it first or use another name"
+            )));
+        }
+        let id = self.next_id().await?;
+        // The group's first positions on the topics that exist now; later topics start at their
+        // first event.
+        let mut positions = Vec::new();
+        for (topic, partition) in self.partitions_of(&spec) {
+            let info = self.store.partition_info(topic.record.id, partition)?;
+            let offset = match spec.start {
+                Start::Latest => info.end_offset,
+                Start::Earliest => info.start_offset,
+                Start::Time(timestamp_ms) => {
+                    self.store
+                        .offset_for_timestamp(topic.record.id, partition, timestamp_ms)
+                        .await?
+                }
+            };
+            positions.push((topic.record.id, partition, offset));
+        }
+        let record = crate::meta::SubscriptionRecord {
+            id,
+            name: name.to_owned(),
+            settings: serde_json::to_value(&spec)
+                .map_err(|error| BrokerError::Invalid(error.to_string()))?,
+            created_ms: now_ms(),
+        };
+        self.store
+            .put_subscription(record.clone(), positions.clone())
+            .await?;
+        let subscription = Arc::new(Subscription {
+            id,
+            name: name.to_owned(),
+            spec,
+            created_ms: record.created_ms,
+            group: StreamGroup::new(&positions),
+        });
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_owned(), subscription.clone());
+        tracing::info!(subscription = name, "subscription created");
+        Ok((subscription, true))
+    }
+
+    /// Deletes a subscription and its positions.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let subscription = self.subscription(name)?;
+        let record = crate::meta::SubscriptionRecord {
+            id: subscription.id,
+            name: subscription.name.clone(),
+            settings: serde_json::Value::Null,
+            created_ms: subscription.created_ms,
+        };
+        self.store.delete_subscription(record).await?;
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name);
+        subscription.group.close();
+        Ok(())
+    }
+
+    /// Stream pull: up to `max` events of the consumer's partitions, in order per partition.
+    pub async fn pull(
+        &self,
+        name: &str,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        service: Option<&str>,
+    ) -> Result<Vec<stream::Delivery>, BrokerError> {
+        let subscription = self.subscription(name)?;
+        if let Some(service) = service {
+            self.note_service(service, None, Some(name));
+        }
+        stream::pull(self, &subscription, consumer, max, wait).await
+    }
+
+    /// Stream ack: commits each receipt's partition up to and including its offset.
+    pub async fn ack(
+        &self,
+        name: &str,
+        receipts: &[String],
+        service: Option<&str>,
+    ) -> Result<Vec<stream::AckStatus>, BrokerError> {
+        let subscription = self.subscription(name)?;
+        if let Some(service) = service {
+            self.note_service(service, None, Some(name));
+        }
+        stream::ack(self, &subscription, receipts).await
+    }
+
+    /// Moves a stream group's position.
+    pub async fn seek(&self, name: &str, target: stream::SeekTarget) -> Result<(), BrokerError> {
+        let subscription = self.subscription(name)?;
+        stream::seek(self, &subscription, target).await
+    }
+
+    /// Statistics of a subscription.
+    pub fn subscription_stats(&self, subscription: &Subscription) -> stream::StreamStats {
+        stream::stats(self, subscription)
+    }
+}
+
+/// A live tail: appends to matching topics, from the moment it was made.
+#[derive(Debug)]
+pub struct Tail {
+    receiver: broadcast::Receiver<Appended>,
+    patterns: Vec<String>,
+    store: Arc<dyn Store>,
+}
+
+impl Tail {
+    /// The next events appended to a matching topic. Notices the tail fell too far behind on are
+    /// skipped (at-most-once). `None` when the broker is gone.
+    pub async fn next(&mut self) -> Option<Vec<StoredEvent>> {
+        loop {
+            let appended = match self.receiver.recv().await {
+                Ok(appended) => appended,
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, "live tail fell behind; skipping");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let matched = self.patterns.iter().any(|pattern| {
+                (!names::is_internal(appended.topic.name()) || names::is_internal(pattern))
+                    && names::pattern_matches(pattern, appended.topic.name())
+            });
+            if !matched {
+                continue;
+            }
+            let mut events = Vec::new();
+            let mut offset = appended.base_offset;
+            while offset < appended.end_offset {
+                let Ok(read) = self
+                    .store
+                    .read(
+                        appended.topic.record.id,
+                        appended.partition,
+                        offset,
+                        4 * 1024 * 1024,
+                    )
+                    .await
+                else {
+                    break; // deleted or retained away meanwhile: at-most-once
+                };
+                if read.records.is_empty() {
+                    break;
+                }
+                for record in read.records {
+                    if record.offset >= appended.end_offset {
+                        break;
+                    }
+                    offset = record.offset + 1;
+                    events.push(StoredEvent {
+                        topic: appended.topic.clone(),
+                        partition: appended.partition,
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp_ms,
+                        event: record.payload,
+                    });
+                }
+            }
+            if !events.is_empty() {
+                return Some(events);
+            }
+        }
+    }
+}

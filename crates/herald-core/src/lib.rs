@@ -1,0 +1,32 @@
+//! Herald's broker core: topics, publishing with deduplication, reading, live tail, stream
+//! subscriptions (consumer groups), and the services registry. No sockets and no wire formats:
+//! events arrive as bytes with their few routing attributes, and leave as stored bytes.
+//!
+//! The map:
+//! - [`broker`]: [`Broker`], the one entry point the HTTP layer calls.
+//! - [`stream`]: stream subscriptions: assignment of partitions to consumers, fetch and committed
+//!   positions, acks as commits, seek, statistics.
+//! - [`store`]: the storage boundary ([`Store`]) and Herald's own implementation on
+//!   `herald-log` partitions plus an embedded metadata database ([`LocalStore`]).
+//! - [`meta`]: that metadata database (topics, subscriptions, positions, services).
+//! - [`dedup`]: the per-topic deduplication window by `source` + `id`.
+//! - [`receipt`]: signed delivery receipts.
+//! - [`subscription`]: subscription settings.
+//! - [`names`], [`murmur2`], [`duration`]: names and patterns, Kafka's key hash, duration strings.
+
+pub mod broker;
+pub mod dedup;
+pub mod duration;
+pub mod meta;
+pub mod murmur2;
+pub mod names;
+pub mod receipt;
+pub mod store;
+pub mod stream;
+pub mod subscription;
+
+pub use broker::{
+    Broker, BrokerConfig, BrokerError, EventToPublish, Published, ReadFrom, ReadOutcome,
+    StoredEvent, Subscription, Tail, Topic, TopicInfo, TopicSettings,
+};
+pub use store::{LocalStore, Store, StoreError};

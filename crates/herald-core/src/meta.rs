@@ -1,0 +1,296 @@
+//! The metadata store: topics, subscriptions, group positions, services and the server's
+//! secret, in one embedded database (redb). Every write is one transaction committed with an
+//! fsync before it returns. The events themselves live in the partition logs, never here.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
+const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
+/// (subscription id, topic id, partition) → the next offset to deliver (the group's commit).
+const POSITIONS: TableDefinition<(u64, u64, u32), u64> = TableDefinition::new("positions");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+/// An error of the metadata database.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store: {0}")]
+pub struct MetaError(String);
+
+fn meta_error(error: impl std::fmt::Display) -> MetaError {
+    MetaError(error.to_string())
+}
+
+impl From<redb::TableError> for MetaError {
+    fn from(error: redb::TableError) -> Self {
+        meta_error(error)
+    }
+}
+
+impl From<redb::StorageError> for MetaError {
+    fn from(error: redb::StorageError) -> Self {
+        meta_error(error)
+    }
+}
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    /// Unique for the life of the data directory; names the topic's directory, so a topic
+    /// deleted and created again never sees the old files.
+    pub id: u64,
+    pub name: String,
+    pub partitions: u32,
+    pub retention_age_max_ms: Option<u64>,
+    pub retention_bytes_max: Option<u64>,
+    pub dedup_window_ms: u64,
+    pub created_ms: u64,
+}
+
+/// A subscription as stored; `settings` is the subscription's specification, kept as the core
+/// defines it (see `subscription::SubscriptionSpec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub id: u64,
+    pub name: String,
+    pub settings: serde_json::Value,
+    pub created_ms: u64,
+}
+
+/// What a service was seen doing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub publishes: Vec<String>,
+    pub consumes: Vec<String>,
+    pub last_seen_ms: u64,
+}
+
+/// The metadata database.
+#[derive(Debug)]
+pub struct MetaStore {
+    /// `None` once closed: the file lock is released, so the directory can be opened again.
+    database: std::sync::RwLock<Option<Database>>,
+}
+
+impl MetaStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let database = Database::create(path).map_err(meta_error)?;
+        let store = Self {
+            database: std::sync::RwLock::new(Some(database)),
+        };
+        store.write(|transaction| {
+            transaction.open_table(TOPICS)?;
+            transaction.open_table(SUBSCRIPTIONS)?;
+            transaction.open_table(POSITIONS)?;
+            transaction.open_table(SERVICES)?;
+            transaction.open_table(SETTINGS)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Closes the database; later operations fail.
+    pub fn close(&self) {
+        self.database
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+    }
+
+    fn database(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, MetaError> {
+        let guard = self
+            .database
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.is_none() {
+            return Err(MetaError("the metadata store is closed".into()));
+        }
+        Ok(guard)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, MetaError> {
+        let database = self.database()?;
+        database
+            .as_ref()
+            .expect("checked open")
+            .begin_read()
+            .map_err(meta_error)
+    }
+
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let database = self.database()?;
+        let mut transaction = database
+            .as_ref()
+            .expect("checked open")
+            .begin_write()
+            .map_err(meta_error)?;
+        transaction.set_durability(Durability::Immediate);
+        let value = work(&transaction)?;
+        transaction.commit().map_err(meta_error)?;
+        Ok(value)
+    }
+
+    fn read_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, MetaError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(table).map_err(meta_error)?;
+        let mut values = Vec::new();
+        for entry in table.iter().map_err(meta_error)? {
+            let (_, value) = entry.map_err(meta_error)?;
+            values.push(serde_json::from_slice(value.value()).map_err(meta_error)?);
+        }
+        Ok(values)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(value).map_err(meta_error)?;
+        self.write(|transaction| {
+            transaction
+                .open_table(table)?
+                .insert(key, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
+        self.read_all(TOPICS)
+    }
+
+    pub fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError> {
+        self.put(TOPICS, &topic.name, topic)
+    }
+
+    /// Removes a topic and every group position on it.
+    pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            transaction
+                .open_table(TOPICS)?
+                .remove(topic.name.as_str())?;
+            let mut positions = transaction.open_table(POSITIONS)?;
+            let doomed: Vec<(u64, u64, u32)> = positions
+                .iter()?
+                .filter_map(|entry| entry.ok())
+                .map(|(key, _)| key.value())
+                .filter(|(_, topic_id, _)| *topic_id == topic.id)
+                .collect();
+            for key in doomed {
+                positions.remove(key)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, MetaError> {
+        self.read_all(SUBSCRIPTIONS)
+    }
+
+    /// Stores a subscription together with its initial positions, in one transaction.
+    pub fn put_subscription(
+        &self,
+        subscription: &SubscriptionRecord,
+        positions: &[(u64, u32, u64)],
+    ) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(subscription).map_err(meta_error)?;
+        self.write(|transaction| {
+            transaction
+                .open_table(SUBSCRIPTIONS)?
+                .insert(subscription.name.as_str(), bytes.as_slice())?;
+            let mut table = transaction.open_table(POSITIONS)?;
+            for (topic_id, partition, offset) in positions {
+                table.insert((subscription.id, *topic_id, *partition), *offset)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes a subscription and its positions.
+    pub fn delete_subscription(&self, subscription: &SubscriptionRecord) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            transaction
+                .open_table(SUBSCRIPTIONS)?
+                .remove(subscription.name.as_str())?;
+            let mut positions = transaction.open_table(POSITIONS)?;
+            let id = subscription.id;
+            let doomed: Vec<(u64, u64, u32)> = positions
+                .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))?
+                .filter_map(|entry| entry.ok())
+                .map(|(key, _)| key.value())
+                .collect();
+            for key in doomed {
+                positions.remove(key)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The stored positions of a subscription: (topic id, partition) → next offset.
+    pub fn positions(&self, subscription_id: u64) -> Result<Vec<(u64, u32, u64)>, MetaError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(POSITIONS).map_err(meta_error)?;
+        let id = subscription_id;
+        let mut positions = Vec::new();
+        for entry in table
+            .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
+            .map_err(meta_error)?
+        {
+            let (key, value) = entry.map_err(meta_error)?;
+            let (_, topic_id, partition) = key.value();
+            positions.push((topic_id, partition, value.value()));
+        }
+        Ok(positions)
+    }
+
+    /// Stores positions of one subscription, durably, in one transaction.
+    pub fn commit_positions(
+        &self,
+        subscription_id: u64,
+        positions: &[(u64, u32, u64)],
+    ) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            let mut table = transaction.open_table(POSITIONS)?;
+            for (topic_id, partition, offset) in positions {
+                table.insert((subscription_id, *topic_id, *partition), *offset)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, MetaError> {
+        self.read_all(SERVICES)
+    }
+
+    pub fn put_service(&self, service: &ServiceRecord) -> Result<(), MetaError> {
+        self.put(SERVICES, &service.name, service)
+    }
+
+    /// A setting's value, if it was ever stored.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(SETTINGS).map_err(meta_error)?;
+        Ok(table
+            .get(key)
+            .map_err(meta_error)?
+            .map(|value| value.value().to_vec()))
+    }
+
+    pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            transaction.open_table(SETTINGS)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+}

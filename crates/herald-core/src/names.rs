@@ -1,0 +1,122 @@
+//! Names of topics and subscriptions, and topic patterns.
+//!
+//! A name is 1–249 characters of `[A-Za-z0-9._-]` (Kafka's legal set), not `.` or `..`; `.`
+//! separates segments. Names starting with `_` belong to Herald itself. A pattern is a name whose
+//! segments may also be `*` (exactly one segment) or `#` (zero or more segments).
+
+/// Longest topic or subscription name.
+pub const NAME_CHARS_MAX: usize = 249;
+
+/// Why a name is refused; the text says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} name {name:?}: {reason}")]
+pub struct NameError {
+    pub what: &'static str,
+    pub name: String,
+    pub reason: &'static str,
+}
+
+fn check(what: &'static str, name: &str, allow_wildcards: bool) -> Result<(), NameError> {
+    let fail = |reason| {
+        Err(NameError {
+            what,
+            name: name.chars().take(NAME_CHARS_MAX + 1).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return fail("it is empty");
+    }
+    if name.len() > NAME_CHARS_MAX {
+        return fail("it is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return fail("'.' and '..' are not allowed");
+    }
+    let legal = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-');
+    if allow_wildcards {
+        for segment in name.split('.') {
+            if segment.contains(['*', '#']) && segment != "*" && segment != "#" {
+                return fail("'*' and '#' must stand alone as a whole segment");
+            }
+            if segment != "*" && segment != "#" && !segment.bytes().all(legal) {
+                return fail("only letters, digits, '.', '_' and '-' are allowed");
+            }
+        }
+    } else if !name.bytes().all(legal) {
+        return fail("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks a topic name.
+pub fn check_topic_name(name: &str) -> Result<(), NameError> {
+    check("topic", name, false)
+}
+
+/// Checks a subscription name.
+pub fn check_subscription_name(name: &str) -> Result<(), NameError> {
+    check("subscription", name, false)
+}
+
+/// Checks a topic pattern (a name, or one with `*` / `#` segments).
+pub fn check_pattern(pattern: &str) -> Result<(), NameError> {
+    check("topic pattern", pattern, true)
+}
+
+/// True for names that belong to Herald itself (users may read them, not create them).
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('_')
+}
+
+/// True when `topic` matches `pattern`: `*` matches exactly one segment, `#` zero or more.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let topic: Vec<&str> = topic.split('.').collect();
+    matches_segments(&pattern, &topic)
+}
+
+fn matches_segments(pattern: &[&str], topic: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => topic.is_empty(),
+        Some((&"#", rest)) => (0..=topic.len()).any(|skip| matches_segments(rest, &topic[skip..])),
+        Some((&first, rest)) => match topic.split_first() {
+            Some((&segment, topic_rest)) => {
+                (first == "*" || first == segment) && matches_segments(rest, topic_rest)
+            }
+            None => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kafkas_legal_set() {
+        assert!(check_topic_name("orders.created_v2-eu").is_ok());
+        assert!(check_topic_name(&"a".repeat(249)).is_ok());
+        assert!(check_topic_name(&"a".repeat(250)).is_err());
+        for bad in ["", ".", "..", "orders created", "ordérs", "a/b", "a*"] {
+            assert!(check_topic_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(check_pattern("orders.*").is_ok());
+        assert!(check_pattern("#").is_ok());
+        assert!(check_pattern("orders.cre*").is_err());
+    }
+
+    #[test]
+    fn star_matches_one_segment_and_hash_any_number() {
+        assert!(pattern_matches("orders.*", "orders.created"));
+        assert!(!pattern_matches("orders.*", "orders"));
+        assert!(!pattern_matches("orders.*", "orders.created.eu"));
+        assert!(pattern_matches("orders.#", "orders"));
+        assert!(pattern_matches("orders.#", "orders.created.eu"));
+        assert!(pattern_matches("#.eu", "orders.created.eu"));
+        assert!(pattern_matches("#", "anything.at.all"));
+        assert!(pattern_matches("payments.captured", "payments.captured"));
+        assert!(!pattern_matches("payments.captured", "payments.refunded"));
+        assert!(pattern_matches("*.created.#", "orders.created"));
+    }
+}

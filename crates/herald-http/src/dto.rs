@@ -1,0 +1,326 @@
+//! The wire shapes of the HTTP API. The core's types are not serialized; handlers convert at
+//! this boundary. Responses that embed stored events are written by hand (see `api::write_*`)
+//! so the stored JSON goes out without being parsed again; their shapes are still described here
+//! for the OpenAPI document.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Tells a missing member (`None`) from an explicit `null` (`Some(None)`).
+pub fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDto {
+    /// Delete whole segments whose newest event is older than this (`null`: keep forever).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "7d")]
+    pub max_age: Option<Option<String>>,
+    /// Delete the oldest segments while a partition holds more bytes than this (`null`: no limit).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u64>)]
+    pub max_bytes: Option<Option<u64>>,
+}
+
+/// Body of `PUT /v1/topics/{topic}`; every member is optional.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRequest {
+    #[schema(minimum = 1, maximum = 1024, example = 1)]
+    pub partitions: Option<u32>,
+    pub retention: Option<RetentionDto>,
+    #[schema(example = "2m")]
+    pub dedup_window: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionDto {
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RetentionView {
+    #[schema(value_type = Option<String>)]
+    pub max_age: Option<String>,
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopicDto {
+    pub name: String,
+    pub partitions: Vec<PartitionDto>,
+    pub retention: RetentionView,
+    pub dedup_window: String,
+    /// RFC 3339.
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopicList {
+    pub topics: Vec<TopicDto>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PublishedDto {
+    pub id: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PublishResponse {
+    pub events: Vec<PublishedDto>,
+}
+
+/// Query of `GET /v1/topics/{topic}/events`.
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// Default 0.
+    pub partition: Option<u32>,
+    /// First offset to read; default: the first retained one. Not with `from_time`.
+    pub offset: Option<u64>,
+    /// RFC 3339: read from the first event stored at or after this time.
+    pub from_time: Option<String>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+    /// Long-poll up to this long (0s–60s) for an event past `offset`.
+    pub wait: Option<String>,
+}
+
+/// One stored event, as `GET /v1/topics/{topic}/events` returns it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StoredEventDto {
+    pub partition: u32,
+    pub offset: u64,
+    /// When Herald stored it (RFC 3339).
+    pub timestamp: String,
+    /// The CloudEvent.
+    #[schema(value_type = Object)]
+    pub event: Value,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReadResponse {
+    pub events: Vec<StoredEventDto>,
+    pub next_offset: u64,
+}
+
+/// One message of the live tail (`data` of each SSE message).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TailMessage {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    #[schema(value_type = Object)]
+    pub event: Value,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDto {
+    #[schema(example = "1s")]
+    pub initial: Option<String>,
+    #[schema(example = "5m")]
+    pub max: Option<String>,
+    #[schema(example = 2.0)]
+    pub multiplier: Option<f64>,
+}
+
+/// Body of `PUT /v1/subscriptions/{name}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// Topic names or patterns (`*` one segment, `#` zero or more).
+    pub topics: Vec<String>,
+    /// `queue` (default) or `stream`.
+    #[schema(example = "stream")]
+    pub mode: Option<String>,
+    /// `latest` (default), `earliest`, or an RFC 3339 time.
+    pub start: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    pub ack_timeout: Option<String>,
+    #[schema(minimum = 1)]
+    pub max_deliveries: Option<u32>,
+    pub dead_letter_topic: Option<String>,
+    pub retry: Option<RetryDto>,
+    /// `none` (default) or `key`.
+    pub ordering: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub push: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RetryView {
+    pub initial: String,
+    pub max: String,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConsumerDto {
+    pub name: String,
+    /// `topic/partition` pairs it owns.
+    pub partitions: Vec<String>,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PushStats {
+    pub state: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubscriptionStats {
+    pub backlog: u64,
+    pub in_flight: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+    pub consumers: Vec<ConsumerDto>,
+    pub push: Option<PushStats>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubscriptionDto {
+    pub name: String,
+    pub topics: Vec<String>,
+    pub mode: String,
+    pub start: String,
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    pub ack_timeout: String,
+    pub max_deliveries: u32,
+    pub dead_letter_topic: String,
+    pub retry: RetryView,
+    pub ordering: String,
+    #[schema(value_type = Option<Object>)]
+    pub push: Option<Value>,
+    pub created: String,
+    pub stats: SubscriptionStats,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    pub subscriptions: Vec<SubscriptionDto>,
+}
+
+/// Body of `POST /v1/subscriptions/{name}/pull`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// 1–1000, default 10.
+    pub max: Option<u32>,
+    /// Long-poll up to this long (0s–60s) for a first delivery.
+    pub wait: Option<String>,
+    /// The caller's name within the group; a generated one is used if absent.
+    pub consumer: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryDto {
+    pub receipt: String,
+    pub attempt: u32,
+    pub deadline: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    #[schema(value_type = Object)]
+    pub event: Value,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PullResponse {
+    pub deliveries: Vec<DeliveryDto>,
+}
+
+/// Body of ack, nack, extend and reject.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsRequest {
+    pub receipts: Vec<String>,
+    /// nack only.
+    pub delay: Option<String>,
+    /// extend only.
+    pub by: Option<String>,
+    /// reject only.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReceiptResult {
+    pub receipt: String,
+    /// `ok`, `stale` or `unknown`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReceiptsResponse {
+    pub results: Vec<ReceiptResult>,
+}
+
+/// Body of `POST /v1/subscriptions/{name}/seek`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeekRequest {
+    /// `"earliest"`, `"latest"`, an RFC 3339 time, or `{"partition": 0, "offset": 5}` (with
+    /// `"topic"` when the subscription covers several topics).
+    #[schema(value_type = Object)]
+    pub to: Value,
+}
+
+/// Body of `POST /v1/subscriptions/{name}/redrive`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServiceDto {
+    pub name: String,
+    pub publishes: Vec<String>,
+    pub consumes: Vec<String>,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServiceList {
+    pub services: Vec<ServiceDto>,
+}
+
+/// An RFC 9457 problem.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProblemDto {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}

@@ -1,0 +1,169 @@
+//! `GET /metrics`: Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_log::SYNC_BUCKETS_MICROS;
+
+use crate::api::App;
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let Some(broker) = app.broker.get() else {
+        return crate::problem::Problem::not_ready().into_response();
+    };
+    let mut out = String::with_capacity(4096);
+    let topics = broker.list_topics();
+    let _ = writeln!(
+        out,
+        "# HELP herald_topic_published_events_total Events stored by publishes since the server started."
+    );
+    let _ = writeln!(out, "# TYPE herald_topic_published_events_total counter");
+    for topic in &topics {
+        let _ = writeln!(
+            out,
+            "herald_topic_published_events_total{{topic=\"{}\"}} {}",
+            label(&topic.record.name),
+            topic.published_events
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_topic_published_bytes_total Bytes of events stored by publishes since the server started."
+    );
+    let _ = writeln!(out, "# TYPE herald_topic_published_bytes_total counter");
+    for topic in &topics {
+        let _ = writeln!(
+            out,
+            "herald_topic_published_bytes_total{{topic=\"{}\"}} {}",
+            label(&topic.record.name),
+            topic.published_bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_partition_end_offset One past the last offset of a partition."
+    );
+    let _ = writeln!(out, "# TYPE herald_partition_end_offset gauge");
+    for topic in &topics {
+        for partition in &topic.partitions {
+            let _ = writeln!(
+                out,
+                "herald_partition_end_offset{{topic=\"{}\",partition=\"{}\"}} {}",
+                label(&topic.record.name),
+                partition.partition,
+                partition.end_offset
+            );
+        }
+    }
+    let subscriptions = broker.list_subscriptions();
+    let gauges: [(&str, &str, &str); 6] = [
+        (
+            "backlog",
+            "gauge",
+            "Events after the subscription's committed positions.",
+        ),
+        (
+            "in_flight",
+            "gauge",
+            "Events delivered and not yet acknowledged.",
+        ),
+        (
+            "delivered_total",
+            "counter",
+            "Deliveries since the server started.",
+        ),
+        (
+            "acked_total",
+            "counter",
+            "Events acknowledged since the server started.",
+        ),
+        (
+            "redelivered_total",
+            "counter",
+            "Deliveries that were repeats.",
+        ),
+        (
+            "dead_lettered_total",
+            "counter",
+            "Events moved to the dead-letter topic.",
+        ),
+    ];
+    let stats: Vec<_> = subscriptions
+        .iter()
+        .map(|subscription| {
+            (
+                subscription.name.clone(),
+                broker.subscription_stats(subscription),
+            )
+        })
+        .collect();
+    for (name, kind, help) in gauges {
+        let _ = writeln!(out, "# HELP herald_subscription_{name} {help}");
+        let _ = writeln!(out, "# TYPE herald_subscription_{name} {kind}");
+        for (subscription, stats) in &stats {
+            let value = match name {
+                "backlog" => stats.backlog,
+                "in_flight" => stats.in_flight,
+                "delivered_total" => stats.delivered,
+                "acked_total" => stats.acked,
+                _ => 0,
+            };
+            let _ = writeln!(
+                out,
+                "herald_subscription_{name}{{subscription=\"{}\"}} {value}",
+                label(subscription)
+            );
+        }
+    }
+    if let Some(histogram) = broker.store().sync_histogram() {
+        let _ = writeln!(
+            out,
+            "# HELP herald_fsync_duration_seconds Time fdatasync took on partition logs."
+        );
+        let _ = writeln!(out, "# TYPE herald_fsync_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, count) in SYNC_BUCKETS_MICROS.iter().zip(&histogram.buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "herald_fsync_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "herald_fsync_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            histogram.count
+        );
+        let _ = writeln!(
+            out,
+            "herald_fsync_duration_seconds_sum {}",
+            histogram.sum_micros as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "herald_fsync_duration_seconds_count {}",
+            histogram.count
+        );
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
+    )
+        .into_response()
+}

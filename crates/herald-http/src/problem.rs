@@ -1,0 +1,206 @@
+//! RFC 9457 problem details: every error Herald answers is `application/problem+json` with a
+//! `detail` that says what to fix.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::BrokerError;
+use serde_json::{Map, Value, json};
+
+use crate::cloudevents::EventError;
+
+/// A problem to answer with.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// A short, stable name of the kind of problem (`topic-not-found`); the `type` member is
+    /// `urn:herald:problem:{slug}`.
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    /// Extra members, such as `start_offset` for a 416.
+    pub extra: Map<String, Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+            retry_after_seconds: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            detail,
+        )
+    }
+
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Content too large",
+            detail,
+        )
+    }
+
+    pub fn not_ready() -> Self {
+        let mut problem = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            "Herald is starting: recovery of the stored data is still running; retry shortly",
+        );
+        problem.retry_after_seconds = Some(1);
+        problem
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+}
+
+impl From<BrokerError> for Problem {
+    fn from(error: BrokerError) -> Self {
+        let detail = error.to_string();
+        match error {
+            BrokerError::TopicNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "topic-not-found",
+                "Topic not found",
+                detail,
+            ),
+            BrokerError::SubscriptionNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "subscription-not-found",
+                "Subscription not found",
+                detail,
+            ),
+            BrokerError::InvalidName(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-name",
+                "Invalid name",
+                detail,
+            ),
+            BrokerError::Invalid(_) => Problem::bad_request(detail),
+            BrokerError::Conflict(_) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
+            BrokerError::OffsetOutOfRange {
+                partition,
+                start_offset,
+                end_offset,
+                ..
+            } => Problem::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset-out-of-range",
+                "Offset out of range",
+                detail,
+            )
+            .with("partition", json!(partition))
+            .with("start_offset", json!(start_offset))
+            .with("end_offset", json!(end_offset)),
+            BrokerError::Overloaded(_) => {
+                let mut problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "Overloaded",
+                    detail,
+                );
+                problem.retry_after_seconds = Some(1);
+                problem
+            }
+            BrokerError::DiskFull(_) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk-full",
+                "Insufficient storage",
+                format!(
+                    "{detail}; nothing of this request was stored in the partition that failed, and what was stored before is intact"
+                ),
+            ),
+            BrokerError::NotImplemented(_) => Problem::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "Not implemented",
+                detail,
+            ),
+            BrokerError::Storage(_) => {
+                tracing::error!(%detail, "storage failure");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage-failure",
+                    "Storage failure",
+                    detail,
+                )
+            }
+        }
+    }
+}
+
+impl From<EventError> for Problem {
+    fn from(error: EventError) -> Self {
+        match error {
+            EventError::Invalid(detail) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-event",
+                "Invalid event",
+                detail,
+            ),
+            EventError::TooLarge(detail) => Problem::too_large(detail),
+            EventError::UnsupportedMediaType(detail) => Problem::unsupported_media_type(detail),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            json!(format!("urn:herald:problem:{}", self.slug)),
+        );
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extra);
+        let mut response = (self.status, Value::Object(body).to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
