@@ -264,6 +264,9 @@ pub struct Subscription {
     pub(crate) group: StreamGroup,
 }
 
+/// Bytes a record adds around an event's body and header values (record fields, header names).
+const RECORD_BYTES_ESTIMATE: usize = 24 + 3 * 8 + 16;
+
 /// Capacity of the live-tail notice channel; a tail that falls further behind skips notices
 /// (live tail is at-most-once).
 const TAIL_CHANNEL_CAPACITY: usize = 4096;
@@ -635,39 +638,43 @@ impl Broker {
         let mut reserved: Vec<DedupKey> = Vec::new();
         let mut at = 0;
         while at < order.len() {
-            let index = order[at];
-            if at > 0 && keys[order[at - 1]] == keys[index] {
-                same_as[index] = Some(same_as[order[at - 1]].unwrap_or(order[at - 1]));
-                at += 1;
-                continue;
-            }
-            // Registered before the lookup, so a release between the two is not missed.
+            // Registered before looking, so a release between the look and the wait is not missed.
             let resolved = topic.dedup_resolved.notified();
             tokio::pin!(resolved);
             resolved.as_mut().enable();
-            let lookup = {
+            let blocked = {
                 let mut dedup = lock(&topic.dedup);
                 dedup.prune(now_ms());
-                dedup.lookup_or_reserve(keys[index])
+                let mut blocked = false;
+                while at < order.len() {
+                    let index = order[at];
+                    if at > 0 && keys[order[at - 1]] == keys[index] {
+                        same_as[index] = Some(same_as[order[at - 1]].unwrap_or(order[at - 1]));
+                        at += 1;
+                        continue;
+                    }
+                    match dedup.lookup_or_reserve(keys[index]) {
+                        Lookup::Reserved => reserved.push(keys[index]),
+                        Lookup::Duplicate { partition, offset } => {
+                            outcome[index] = Some(Published {
+                                partition,
+                                offset,
+                                duplicate: true,
+                            });
+                        }
+                        Lookup::InFlight => {
+                            blocked = true;
+                            break;
+                        }
+                    }
+                    at += 1;
+                }
+                blocked
             };
-            match lookup {
-                Lookup::Reserved => {
-                    reserved.push(keys[index]);
-                    at += 1;
-                }
-                Lookup::Duplicate { partition, offset } => {
-                    outcome[index] = Some(Published {
-                        partition,
-                        offset,
-                        duplicate: true,
-                    });
-                    at += 1;
-                }
-                Lookup::InFlight => {
-                    // Another publish holds this key: wait for it to store or release it, then
-                    // look again. Keys are taken in order, so the holder never waits on ours.
-                    resolved.await;
-                }
+            if blocked {
+                // Another publish holds this key: wait for it to store or release it, then look
+                // again. Keys are taken in order, so the holder never waits on ours.
+                resolved.await;
             }
         }
 
@@ -722,6 +729,22 @@ impl Broker {
         let partitions = topic.record.partitions;
         let limits = self.store.batch_limits();
         let timestamp_ms = now_ms();
+        let partition_of = |event: &EventToPublish<'_>| match &event.partition_key {
+            Some(key) => murmur2::partition_for_key(key.as_bytes(), partitions),
+            None => unkeyed_partition,
+        };
+        // Size each partition's frame up front, so encoding never reallocates.
+        let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            if outcome[index].is_none() && same_as[index].is_none() {
+                *sizes.entry(partition_of(event)).or_default() += event.body.len()
+                    + event.id.len()
+                    + event.source.len()
+                    + event.event_type.len()
+                    + event.partition_key.as_ref().map_or(0, |key| key.len())
+                    + RECORD_BYTES_ESTIMATE;
+            }
+        }
         // partition → (builder, indexes of its events in order)
         let mut batches: BTreeMap<u32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
         let mut bytes = 0u64;
@@ -729,13 +752,11 @@ impl Broker {
             if outcome[index].is_some() || same_as[index].is_some() {
                 continue;
             }
-            let partition = match &event.partition_key {
-                Some(key) => murmur2::partition_for_key(key.as_bytes(), partitions),
-                None => unkeyed_partition,
-            };
-            let (builder, indexes) = batches
-                .entry(partition)
-                .or_insert_with(|| (BatchBuilder::with_capacity(limits, 64 * 1024), Vec::new()));
+            let partition = partition_of(event);
+            let (builder, indexes) = batches.entry(partition).or_insert_with(|| {
+                let capacity = sizes.get(&partition).copied().unwrap_or(0) + 64;
+                (BatchBuilder::with_capacity(limits, capacity), Vec::new())
+            });
             let headers: [(&[u8], &[u8]); 3] = [
                 (HEADER_ID, event.id.as_bytes()),
                 (HEADER_SOURCE, event.source.as_bytes()),

@@ -13,7 +13,9 @@ use herald_log::{LogConfig, OsStorage};
 
 async fn broker(directory: &std::path::Path) -> Arc<Broker> {
     let store = LocalStore::open(directory, LogConfig::default(), OsStorage::shared()).unwrap();
-    Broker::open(Arc::new(store), BrokerConfig::default()).await.unwrap()
+    Broker::open(Arc::new(store), BrokerConfig::default())
+        .await
+        .unwrap()
 }
 
 fn event(id: &str) -> (String, Vec<u8>) {
@@ -50,16 +52,31 @@ async fn a_consumer_silent_for_longer_than_ack_timeout_loses_its_partitions() {
     let directory = tempfile::tempdir().unwrap();
     let broker = broker(directory.path()).await;
     broker
-        .create_topic("work", TopicSettings { partitions: 4, ..TopicSettings::default() })
+        .create_topic(
+            "work",
+            TopicSettings {
+                partitions: 4,
+                ..TopicSettings::default()
+            },
+        )
         .await
         .unwrap();
     publish_to_each_partition(&broker, "work", 4).await;
-    broker.create_subscription("group", stream_spec("work", 30_000)).await.unwrap();
+    broker
+        .create_subscription("group", stream_spec("work", 30_000))
+        .await
+        .unwrap();
     tokio::time::pause();
 
-    let a = broker.pull("group", "a", 100, Duration::ZERO, None).await.unwrap();
+    let a = broker
+        .pull("group", "a", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
     assert_eq!(a.len(), 4);
-    let b = broker.pull("group", "b", 100, Duration::ZERO, None).await.unwrap();
+    let b = broker
+        .pull("group", "b", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
     let b_partitions: BTreeSet<u32> = b.iter().map(|delivery| delivery.event.partition).collect();
     assert_eq!(b_partitions.len(), 2, "b shares the group with a");
     let a_receipt_of_kept_partition = a
@@ -71,15 +88,28 @@ async fn a_consumer_silent_for_longer_than_ack_timeout_loses_its_partitions() {
 
     // a stays silent past ack_timeout; b keeps pulling and takes everything.
     tokio::time::advance(Duration::from_secs(31)).await;
-    let b_again = broker.pull("group", "b", 100, Duration::ZERO, None).await.unwrap();
-    let now_owned: BTreeSet<u32> = b_again.iter().map(|delivery| delivery.event.partition).collect();
-    assert_eq!(now_owned.len(), 2, "a's two partitions come to b from their committed positions");
+    let b_again = broker
+        .pull("group", "b", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
+    let now_owned: BTreeSet<u32> = b_again
+        .iter()
+        .map(|delivery| delivery.event.partition)
+        .collect();
+    assert_eq!(
+        now_owned.len(),
+        2,
+        "a's two partitions come to b from their committed positions"
+    );
     assert!(now_owned.is_disjoint(&b_partitions));
     let stats = broker.subscription_stats(&broker.subscription("group").unwrap());
     assert_eq!(stats.consumers.len(), 1);
     assert_eq!(stats.consumers[0].partitions.len(), 4);
     // a's late ack is stale: its partition has moved.
-    let statuses = broker.ack("group", &[a_receipt_of_kept_partition], None).await.unwrap();
+    let statuses = broker
+        .ack("group", &[a_receipt_of_kept_partition], None)
+        .await
+        .unwrap();
     assert_eq!(statuses, [AckStatus::Stale]);
 }
 
@@ -88,16 +118,34 @@ async fn a_consumer_within_ack_timeout_keeps_its_partitions() {
     let directory = tempfile::tempdir().unwrap();
     let broker = broker(directory.path()).await;
     broker
-        .create_topic("work", TopicSettings { partitions: 2, ..TopicSettings::default() })
+        .create_topic(
+            "work",
+            TopicSettings {
+                partitions: 2,
+                ..TopicSettings::default()
+            },
+        )
         .await
         .unwrap();
     publish_to_each_partition(&broker, "work", 2).await;
-    broker.create_subscription("group", stream_spec("work", 30_000)).await.unwrap();
+    broker
+        .create_subscription("group", stream_spec("work", 30_000))
+        .await
+        .unwrap();
     tokio::time::pause();
-    let a = broker.pull("group", "a", 100, Duration::ZERO, None).await.unwrap();
-    broker.pull("group", "b", 100, Duration::ZERO, None).await.unwrap();
+    let a = broker
+        .pull("group", "a", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
+    broker
+        .pull("group", "b", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
     tokio::time::advance(Duration::from_secs(29)).await;
-    broker.pull("group", "b", 100, Duration::ZERO, None).await.unwrap();
+    broker
+        .pull("group", "b", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
     let kept = a
         .iter()
         .find(|delivery| delivery.event.partition == 0)
