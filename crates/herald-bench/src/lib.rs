@@ -1,0 +1,23 @@
+//! Herald's benchmarks: what the partition log costs next to the bare disk it runs on.
+//!
+//! The map:
+//! - [`log_bench`]: the `herald-bench log` run. Every append and read case of the partition log
+//!   is measured right after a raw-disk loop doing the same I/O, so each line of the report is a
+//!   side-by-side comparison on this machine, at this moment.
+//! - [`raw_disk`]: the baselines: plain `write` (+ `fdatasync`) and `pread` loops with no log.
+//! - [`workload`]: the records and batches every case and the criterion benches use, and the
+//!   budget (time and bytes) each case runs under.
+//! - [`counting`]: a [`herald_log::Storage`] wrapper that counts writes and syncs, so a report
+//!   can say how many appends shared one `fdatasync`.
+//! - [`machine`]: facts about the machine, the bench directory's file system and the commit.
+//! - [`report`]: the results, printed as a markdown table or as JSON.
+//!
+//! The criterion micro-benchmarks live in `benches/log.rs` (`cargo bench -p herald-bench --bench
+//! log`). Nothing here runs in CI's pass/fail.
+
+pub mod counting;
+pub mod log_bench;
+pub mod machine;
+pub mod raw_disk;
+pub mod report;
+pub mod workload;

@@ -1,0 +1,218 @@
+//! What a reader of a benchmark report needs to know about where it ran: the machine, the file
+//! system of the bench directory, the commit. Every fact is best effort; one that cannot be
+//! found is reported as unknown rather than failing the run.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The machine and the bench directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineFacts {
+    pub cpu_model: String,
+    /// Threads the process may run at once (`nproc`).
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    /// The 1-minute load average when the run started: above ~0.5 something else was running,
+    /// and the figures are worth less.
+    pub load_average_at_start: Option<f64>,
+    pub bench_directory: PathBuf,
+    pub filesystem: Filesystem,
+}
+
+/// The file system a directory lives on, as `df` tells it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Filesystem {
+    /// The device, e.g. `/dev/vda`.
+    pub device: String,
+    /// The type, e.g. `ext4` or `tmpfs`.
+    pub kind: String,
+    pub mount_point: String,
+    /// From `/sys/block/*/queue/rotational`: true for a spinning disk.
+    pub rotational: Option<bool>,
+}
+
+impl Filesystem {
+    /// True when the directory lives in memory, where fsync costs nothing and every disk figure
+    /// would be a lie.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.kind.as_str(), "tmpfs" | "ramfs" | "devtmpfs")
+    }
+}
+
+impl MachineFacts {
+    pub fn gather(bench_directory: &Path) -> MachineFacts {
+        MachineFacts {
+            cpu_model: cpu_model().unwrap_or_else(unknown),
+            cpus: std::thread::available_parallelism().map_or(0, |count| count.get()),
+            memory_gib: memory_bytes().map_or(0.0, |bytes| bytes as f64 / (1u64 << 30) as f64),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|release| release.trim().to_owned())
+                .unwrap_or_else(|_| unknown()),
+            load_average_at_start: load_average(),
+            bench_directory: bench_directory.to_owned(),
+            filesystem: filesystem_of(bench_directory),
+        }
+    }
+}
+
+fn unknown() -> String {
+    "unknown".to_owned()
+}
+
+fn cpu_model() -> Option<String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
+}
+
+fn memory_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user and system) this process has used so far, all threads included.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after its closing one.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user_ticks: u64 = fields.next()?.parse().ok()?;
+    let system_ticks: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux build that matters; asking would take libc.
+    Some((user_ticks + system_ticks) as f64 / 100.0)
+}
+
+/// Wall-clock and CPU time from one moment on.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch {
+    wall: Instant,
+    cpu_seconds: Option<f64>,
+}
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch {
+            cpu_seconds: process_cpu_seconds(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// When the stopwatch started.
+    pub fn started(&self) -> Instant {
+        self.wall
+    }
+
+    /// Wall time since the start, and the CPU seconds the process used per second of it (2.0
+    /// is both cores of a 2-core machine, busy).
+    pub fn stop(&self) -> (Duration, Option<f64>) {
+        let elapsed = self.wall.elapsed();
+        let cpu_cores = self
+            .cpu_seconds
+            .zip(process_cpu_seconds())
+            .map(|(before, after)| (after - before) / elapsed.as_secs_f64());
+        (elapsed, cpu_cores)
+    }
+}
+
+/// Asks `df` (POSIX output, so long device names do not wrap) about `directory`.
+pub fn filesystem_of(directory: &Path) -> Filesystem {
+    let output = Command::new("df")
+        .arg("-P")
+        .arg("-T")
+        .arg(directory)
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+    // Filesystem Type 1024-blocks Used Available Capacity Mounted-on
+    let fields: Vec<String> = output
+        .as_deref()
+        .and_then(|text| text.lines().nth(1))
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let device = fields.first().cloned().unwrap_or_else(unknown);
+    Filesystem {
+        rotational: rotational(&device),
+        kind: fields.get(1).cloned().unwrap_or_else(unknown),
+        mount_point: fields.get(6).cloned().unwrap_or_else(unknown),
+        device,
+    }
+}
+
+/// Whether the block device behind `/dev/NAME` spins; a partition's answer is its disk's.
+fn rotational(device: &str) -> Option<bool> {
+    let name = device.strip_prefix("/dev/")?;
+    let block = fs::canonicalize(Path::new("/sys/class/block").join(name)).ok()?;
+    // A partition has no queue of its own; its disk is the parent directory.
+    let flag = fs::read_to_string(block.join("queue/rotational"))
+        .ok()
+        .or_else(|| fs::read_to_string(block.parent()?.join("queue/rotational")).ok())?;
+    Some(flag.trim() == "1")
+}
+
+/// The short hash of the checked-out commit, with `-dirty` when tracked files changed;
+/// `unknown` outside a repository or before the first commit.
+pub fn git_commit() -> String {
+    let git = |arguments: &[&str]| {
+        Command::new("git")
+            .args(arguments)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) if !commit.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|status| !status.is_empty());
+            if dirty {
+                format!("{commit}-dirty")
+            } else {
+                commit
+            }
+        }
+        _ => "unknown (no commit)".to_owned(),
+    }
+}
+
+/// Where bench data goes unless told: the workspace's `target/` (on the real disk, and already
+/// ignored by git), else the system temporary directory.
+pub fn default_scratch_root() -> PathBuf {
+    if let Some(target) = env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target);
+    }
+    if let Ok(current) = env::current_dir() {
+        let target = current.join("target");
+        if target.is_dir() {
+            return target;
+        }
+    }
+    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    if let Ok(target) = fs::canonicalize(workspace_target)
+        && target.is_dir()
+    {
+        return target;
+    }
+    env::temp_dir()
+}

@@ -1,0 +1,268 @@
+//! The results of a run: a markdown report for people, JSON for tools.
+//!
+//! Units: MB/s and GB/s are 10^6 and 10^9 bytes per second of whole batch frames (payload,
+//! record fields and frame header and trailer), the bytes that reach the disk.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::machine::MachineFacts;
+
+/// Everything one `herald-bench log` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub git_commit: String,
+    pub machine: MachineFacts,
+    pub load_average_at_end: Option<f64>,
+    pub command: String,
+    pub seconds_per_case: f64,
+    pub rounds: u32,
+    pub quick: bool,
+    pub payload_bytes: usize,
+    pub cases: Vec<CaseResult>,
+    pub goals: Vec<Goal>,
+}
+
+/// One case of the log, next to its raw-disk baseline. Rates are medians over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// A stable name for tools, e.g. `append-always-batch100-writers1`.
+    pub id: String,
+    pub name: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub elapsed_seconds: f64,
+    pub records_per_second: f64,
+    pub megabytes_per_second: f64,
+    /// Latency and group commit figures of an append case.
+    pub appends: Option<AppendFigures>,
+    /// The median over the rounds of `records_per_second / raw records_per_second`, each
+    /// round's pair measured back to back.
+    pub ratio_to_raw: f64,
+    /// CPU seconds per second (median): 2.0 is both cores of a 2-core machine.
+    pub cpu_cores: Option<f64>,
+    pub raw: RawResult,
+    pub rounds: Vec<Round>,
+}
+
+/// What the appends of a case did, all rounds together.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendFigures {
+    pub appends: u64,
+    /// From the call of `append` to its return, over every append of every round.
+    pub latency_p50_micros: f64,
+    pub latency_p99_micros: f64,
+    pub latency_max_micros: f64,
+    /// Appends that shared one `pwrite` of the group commit.
+    pub appends_per_write: Option<f64>,
+    /// Appends that shared one `fdatasync` (only under `fsync always`).
+    pub appends_per_sync: Option<f64>,
+    /// The share of the run's time that some thread spent inside `fdatasync` (or a directory
+    /// `fsync`): how busy the log kept the disk with syncs. Under `never` these are the syncs of
+    /// segment rolls, which the appends wait for.
+    pub syncing_fraction: f64,
+}
+
+/// One round of a case: the log case right after its baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub records_per_second: f64,
+    pub megabytes_per_second: f64,
+    pub raw_records_per_second: f64,
+    pub ratio_to_raw: f64,
+    pub cpu_cores: Option<f64>,
+}
+
+/// A baseline loop on the bare file system.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawResult {
+    pub name: String,
+    /// Writes (with their syncs) or reads.
+    pub operations: u64,
+    pub bytes: u64,
+    pub elapsed_seconds: f64,
+    /// The records the same bytes carry in the log's format (median over the rounds).
+    pub records_per_second: f64,
+    pub megabytes_per_second: f64,
+    pub cpu_cores: Option<f64>,
+}
+
+/// One of the goals and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// `12.3 k`, `1.23 M`: rates to three significant figures.
+pub fn format_rate(value: f64) -> String {
+    let (scaled, unit) = if value >= 1e6 {
+        (value / 1e6, " M")
+    } else if value >= 1e3 {
+        (value / 1e3, " k")
+    } else {
+        (value, "")
+    };
+    let decimals = if scaled >= 100.0 {
+        0
+    } else if scaled >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{scaled:.decimals$}{unit}")
+}
+
+fn format_ratio(ratio: f64) -> String {
+    if ratio >= 10.0 {
+        format!("{ratio:.1}x")
+    } else {
+        format!("{ratio:.2}x")
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of numbers and strings cannot fail.
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let machine = &self.machine;
+        let filesystem = &machine.filesystem;
+        let rotational = match filesystem.rotational {
+            Some(true) => ", rotational",
+            Some(false) => ", not rotational",
+            None => "",
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "## herald-bench log");
+        let _ = writeln!(out);
+        let _ = writeln!(out, "- commit: {}", self.git_commit);
+        let _ = writeln!(out, "- command: `{}`", self.command);
+        let _ = writeln!(
+            out,
+            "- machine: {} CPUs ({}), {:.1} GiB memory, Linux {}",
+            machine.cpus, machine.cpu_model, machine.memory_gib, machine.kernel
+        );
+        let load = |load: Option<f64>| {
+            load.map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}"))
+        };
+        let _ = writeln!(
+            out,
+            "- 1-minute load average: {} at the start, {} at the end",
+            load(machine.load_average_at_start),
+            load(self.load_average_at_end)
+        );
+        let _ = writeln!(
+            out,
+            "- bench directory: {} on {} ({}{rotational}, mounted at {})",
+            machine.bench_directory.display(),
+            filesystem.device,
+            filesystem.kind,
+            filesystem.mount_point
+        );
+        let _ = writeln!(
+            out,
+            "- records: {} B payload, no key, no headers; {:.1} s per case in {} round(s){}",
+            self.payload_bytes,
+            self.seconds_per_case,
+            self.rounds,
+            if self.quick {
+                " (--quick: small sizes, rough figures)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| case | records/s | MB/s | raw-disk equivalent (same bytes) | raw records/s | raw MB/s | herald/raw (rounds' range) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|");
+        for case in &self.cases {
+            let ratios = case.rounds.iter().map(|round| round.ratio_to_raw);
+            let lowest = ratios.clone().fold(f64::INFINITY, f64::min);
+            let highest = ratios.fold(f64::NEG_INFINITY, f64::max);
+            let range = if case.rounds.len() > 1 {
+                format!(" ({}-{})", format_ratio(lowest), format_ratio(highest))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {} | {} | {:.1} | {}{range} |",
+                case.name,
+                format_rate(case.records_per_second),
+                case.megabytes_per_second,
+                case.raw.name,
+                format_rate(case.raw.records_per_second),
+                case.raw.megabytes_per_second,
+                format_ratio(case.ratio_to_raw),
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| case | append latency p50 / p99 / max (µs) | appends per pwrite | appends per fdatasync | time in fdatasync | CPU cores herald / raw |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        let optional = |value: Option<f64>| {
+            value.map_or_else(|| "-".to_owned(), |value| format!("{value:.1}"))
+        };
+        let cores = |cores: Option<f64>| {
+            cores.map_or_else(|| "?".to_owned(), |cores| format!("{cores:.2}"))
+        };
+        for case in &self.cases {
+            let cpu = format!("{} / {}", cores(case.cpu_cores), cores(case.raw.cpu_cores));
+            match &case.appends {
+                Some(appends) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {:.0} / {:.0} / {:.0} | {} | {} | {:.0} % | {cpu} |",
+                        case.name,
+                        appends.latency_p50_micros,
+                        appends.latency_p99_micros,
+                        appends.latency_max_micros,
+                        optional(appends.appends_per_write),
+                        optional(appends.appends_per_sync),
+                        appends.syncing_fraction * 100.0,
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "| {} | - | - | - | - | {cpu} |", case.name);
+                }
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "| goal | measured | met |");
+        let _ = writeln!(out, "|---|---|---|");
+        for goal in &self.goals {
+            let met = if goal.met { "yes" } else { "**no**" };
+            let _ = writeln!(out, "| {} | {} | {met} |", goal.goal, goal.measured);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_shown_to_three_significant_figures() {
+        assert_eq!(format_rate(583.4), "583");
+        assert_eq!(format_rate(5_123.0), "5.12 k");
+        assert_eq!(format_rate(48_020.0), "48.0 k");
+        assert_eq!(format_rate(1_234_567.0), "1.23 M");
+    }
+
+    #[test]
+    fn ratios_keep_two_decimals_below_ten() {
+        assert_eq!(format_ratio(0.984), "0.98x");
+        assert_eq!(format_ratio(12.34), "12.3x");
+    }
+}
