@@ -1,0 +1,300 @@
+//! The command line: every subcommand and flag, as clap types. Parsing only; the commands are
+//! carried out by [`crate::serve`] and [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use herald_client::duration;
+use serde_json::Value;
+
+use crate::config::ServeArgs;
+
+/// The server the client commands talk to when neither `--server` nor `HERALD_URL` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+const LONG_ABOUT: &str = "\
+Herald, a durable event broker.
+
+`herald serve` runs the broker. The other commands are a client of its HTTP API: they talk to the
+server at --server (default http://127.0.0.1:7070, or HERALD_URL) and print aligned tables, or the
+server's JSON with --output json (one JSON document per line for --follow and tail).
+
+Exit codes:
+  0  success
+  1  the server answered with an error; one line on stderr: `error: <status> <title>: <detail>`
+     (for `herald serve`: the server could not start or failed)
+  2  usage error: bad flags, bad input data or bad configuration
+  3  the server cannot be reached; one line on stderr naming its URL";
+
+/// The `herald` command line.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Herald, a durable event broker", long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The Herald server's URL.
+    #[arg(long, global = true, help_heading = "Client options", env = "HERALD_URL", value_name = "URL", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// How to print answers: aligned tables, or the server's JSON.
+    #[arg(long, global = true, help_heading = "Client options", value_enum, value_name = "FORMAT", default_value_t = Output::Table)]
+    pub output: Output,
+    /// The calling service's name, sent as the `herald-service` header.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        env = "HERALD_SERVICE",
+        value_name = "NAME"
+    )]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Publish events to a topic.
+    Publish(PublishArgs),
+    /// Read a topic's partition from an offset or a time, without a subscription.
+    Read(ReadArgs),
+    /// Create, list, describe and delete subscriptions; seek and redrive.
+    #[command(subcommand)]
+    Sub(SubCommand),
+    /// Pull deliveries from a subscription.
+    Pull(PullArgs),
+    /// Acknowledge deliveries by receipt.
+    Ack(ReceiptArgs),
+    /// Deliver again later, by receipt.
+    Nack(NackArgs),
+    /// Watch the events published to topics matching patterns, from now on.
+    Tail(TailArgs),
+    /// List the services that named themselves, with what they publish and consume.
+    Services,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic, or confirm it exists with these settings.
+    Create(TopicCreateArgs),
+    /// List topics.
+    List,
+    /// Show a topic's settings and partitions.
+    Describe { name: String },
+    /// Delete a topic and its events.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TopicCreateArgs {
+    /// 1–249 characters of `[A-Za-z0-9._-]`; `.` separates segments.
+    pub name: String,
+    /// Number of partitions [server default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: Option<u32>,
+    /// Delete events older than this, e.g. 7d [server default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub max_age: Option<String>,
+    /// Delete the oldest events past this many bytes per partition [server default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes: Option<u64>,
+    /// How long an event's source and id are remembered to drop duplicates [server default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub dedup_window: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic's name.
+    pub topic: String,
+    /// The event's data as JSON, or `-` to read it from stdin. Without --type, --source, --id and
+    /// --key it is posted as application/json and the server fills in the CloudEvent attributes.
+    #[arg(
+        value_name = "DATA|-",
+        required_unless_present = "batch_file",
+        conflicts_with = "batch_file"
+    )]
+    pub data: Option<String>,
+    /// The CloudEvent `type` [default: the topic's name].
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// The CloudEvent `source` [default: /herald-cli].
+    #[arg(long, value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// The CloudEvent `id` [default: a new ULID].
+    #[arg(long, value_name = "ID", conflicts_with = "batch_file")]
+    pub id: Option<String>,
+    /// The `partitionkey`: events with the same key go to the same partition, in order.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Publish a file (`-` for stdin) as one batch: a JSON array, or one JSON value per line.
+    /// Each value is a CloudEvent; with --type, --source or --key each value is the data of a new
+    /// event instead.
+    #[arg(long, value_name = "FILE")]
+    pub batch_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The topic's name.
+    pub topic: String,
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    pub partition: u32,
+    /// The first offset to read [server default: the start of the partition].
+    #[arg(long, value_name = "O", conflicts_with = "from_time")]
+    pub offset: Option<u64>,
+    /// Read from the first event stored at or after this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub from_time: Option<String>,
+    /// Most events per read, 1 to 1000 [server default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Wait up to this long for an event when there is none yet (at most 60s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub wait: Option<String>,
+    /// Keep reading as events arrive (long-polls with --wait, default 20s).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubCommand {
+    /// Create a subscription, or confirm it exists with these settings.
+    Create(SubCreateArgs),
+    /// List subscriptions.
+    List,
+    /// Show a subscription's settings and stats.
+    Describe { name: String },
+    /// Delete a subscription.
+    Delete { name: String },
+    /// Move a subscription's position.
+    Seek(SeekArgs),
+    /// Move events from the dead-letter topic back into this subscription.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubCreateArgs {
+    /// The subscription's name.
+    pub name: String,
+    /// A topic name or pattern (`*` = one segment, `#` = zero or more); repeat or separate
+    /// with commas.
+    #[arg(
+        long = "topic",
+        value_name = "T",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub topics: Vec<String>,
+    /// `queue`: competing consumers, per-event ack. `stream`: ordered per partition, cumulative
+    /// commit [server default: queue].
+    #[arg(long, value_name = "MODE", value_parser = ["queue", "stream"])]
+    pub mode: Option<String>,
+    /// Where a new subscription starts: earliest, latest or an RFC 3339 time [server default:
+    /// latest].
+    #[arg(long, value_name = "earliest|latest|TIME")]
+    pub start: Option<String>,
+    /// A CloudEvents Subscriptions API filter, e.g. '{"prefix": {"type": "order."}}'.
+    #[arg(long, value_name = "JSON", value_parser = json_arg)]
+    pub filter: Option<Value>,
+    /// How long a delivery is leased before it comes back [server default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub ack_timeout: Option<String>,
+    /// Attempts before an event moves to the dead-letter topic [server default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: Option<u32>,
+    /// [server default: NAME.dlq]
+    #[arg(long, value_name = "T")]
+    pub dead_letter_topic: Option<String>,
+    /// `key`: events with the same partitionkey are delivered one at a time, in order
+    /// [server default: none].
+    #[arg(long, value_name = "ORDERING", value_parser = ["none", "key"])]
+    pub ordering: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SeekArgs {
+    pub name: String,
+    /// earliest, latest, an RFC 3339 time, or PARTITION:OFFSET.
+    #[arg(long, value_name = "TARGET")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    pub name: String,
+    /// Most events to move [server default].
+    #[arg(long, value_name = "N")]
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The subscription's name.
+    pub subscription: String,
+    /// Most deliveries per pull, 1 to 1000 [server default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max: Option<u32>,
+    /// Wait up to this long for a delivery when there is none yet (at most 60s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub wait: Option<String>,
+    /// This consumer's name [default: one the server generates].
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Acknowledge the deliveries once printed.
+    #[arg(long)]
+    pub ack: bool,
+    /// Keep pulling (long-polls with --wait, default 20s).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiptArgs {
+    pub subscription: String,
+    #[arg(required = true, value_name = "RECEIPT")]
+    pub receipts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NackArgs {
+    pub subscription: String,
+    #[arg(required = true, value_name = "RECEIPT")]
+    pub receipts: Vec<String>,
+    /// Deliver again after this long [default: the subscription's retry backoff].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub delay: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Topic names or patterns: `*` matches one segment, `#` zero or more.
+    #[arg(required = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+}
+
+/// Checks a duration flag and sends it in its canonical form.
+fn duration_arg(value: &str) -> Result<String, String> {
+    duration::parse(value)
+        .map(duration::format)
+        .map_err(|error| error.to_string())
+}
+
+fn json_arg(value: &str) -> Result<Value, String> {
+    serde_json::from_str(value).map_err(|error| format!("not JSON: {error}"))
+}

@@ -1,0 +1,867 @@
+//! The client commands: each turns its flags into [`herald_client::Client`] calls and prints the
+//! answers, as tables or as the server's JSON.
+//!
+//! Output goes to a `&mut dyn Write` so a broken pipe (`herald read t | head`) ends the command
+//! quietly instead of panicking, and messages that are not the answer (warnings, "the stream
+//! ended") go to stderr so `--output json` stays parseable.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use futures_util::StreamExt;
+use herald_client::{
+    AckResponse, Client, Delivery, PublishResult, PullRequest, ReadQuery, Retention, StoredEvent,
+    Subscription, SubscriptionSettings, TailEvent, Topic, TopicSettings,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::CommandError;
+use crate::cli::{
+    Command, GlobalArgs, NackArgs, Output, PublishArgs, PullArgs, ReadArgs, ReceiptArgs,
+    RedriveArgs, SeekArgs, SubCommand, SubCreateArgs, TailArgs, TopicCommand, TopicCreateArgs,
+};
+use crate::event::{EventAttributes, parse_batch, parse_data};
+use crate::table::{Table, write_fields};
+
+/// The long-poll of `--follow` when `--wait` is not given.
+pub const FOLLOW_WAIT: &str = "20s";
+
+/// Runs a client command against the server named in `global`, printing to stdout.
+pub fn main(global: &GlobalArgs, command: Command) -> Result<(), CommandError> {
+    let mut client =
+        Client::try_new(&global.server).map_err(|error| CommandError::Usage(error.to_string()))?;
+    if let Some(service) = &global.service {
+        client = client.with_service(service.as_str());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CommandError::Failed(format!("cannot start the runtime: {error}")))?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = runtime.block_on(execute(&client, global.output, command, &mut out));
+    let result = result.and_then(|()| out.flush().map_err(CommandError::from));
+    match result {
+        // The reader went away (`| head`): what it wanted was printed.
+        Err(CommandError::Output(error)) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs one client command, writing its output to `out`.
+pub async fn execute(
+    client: &Client,
+    output: Output,
+    command: Command,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let printer = Printer { output };
+    match command {
+        Command::Serve(_) => Err(CommandError::Failed(
+            "`herald serve` is not a client command".to_owned(),
+        )),
+        Command::Topic(command) => topic(client, printer, command, out).await,
+        Command::Publish(args) => publish(client, printer, args, out).await,
+        Command::Read(args) => read(client, printer, args, out).await,
+        Command::Sub(command) => subscription(client, printer, command, out).await,
+        Command::Pull(args) => pull(client, printer, args, out).await,
+        Command::Ack(args) => ack(client, printer, args, out).await,
+        Command::Nack(args) => nack(client, printer, args, out).await,
+        Command::Tail(args) => tail(client, printer, args, out).await,
+        Command::Services => services(client, printer, out).await,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Printer {
+    output: Output,
+}
+
+impl Printer {
+    fn json(self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// Prints an answer as indented JSON.
+fn write_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), CommandError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints one item of a stream as one line of JSON.
+fn write_json_line(out: &mut dyn Write, value: &impl Serialize) -> Result<(), CommandError> {
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+// ---- topics ----
+
+async fn topic(
+    client: &Client,
+    printer: Printer,
+    command: TopicCommand,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    match command {
+        TopicCommand::Create(args) => topic_create(client, printer, args, out).await,
+        TopicCommand::List => {
+            let topics = client.list_topics().await?;
+            if printer.json() {
+                return write_json(out, &json!({ "topics": topics }));
+            }
+            let mut table = Table::new(&[
+                "NAME",
+                "PARTITIONS",
+                "EVENTS",
+                "BYTES",
+                "MAX AGE",
+                "MAX BYTES",
+                "DEDUP WINDOW",
+            ]);
+            for topic in &topics {
+                table.row(vec![
+                    topic.name.clone(),
+                    topic.partitions.len().to_string(),
+                    retained_events(topic).to_string(),
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|partition| partition.bytes)
+                        .sum::<u64>()
+                        .to_string(),
+                    or_dash(topic.retention.max_age.as_deref()),
+                    max_bytes_text(&topic.retention),
+                    or_dash(topic.dedup_window.as_deref()),
+                ]);
+            }
+            table.write(out)?;
+            Ok(())
+        }
+        TopicCommand::Describe { name } => {
+            let topic = client.describe_topic(&name).await?;
+            if printer.json() {
+                return write_json(out, &topic);
+            }
+            write_topic(out, &topic)
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            if !printer.json() {
+                writeln!(out, "deleted topic {name}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn topic_create(
+    client: &Client,
+    printer: Printer,
+    args: TopicCreateArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let retention = (args.max_age.is_some() || args.max_bytes.is_some()).then_some(Retention {
+        max_age: args.max_age,
+        max_bytes: args.max_bytes,
+    });
+    let settings = TopicSettings {
+        partitions: args.partitions,
+        retention,
+        dedup_window: args.dedup_window,
+    };
+    let (topic, created) = client.create_topic(&args.name, &settings).await?;
+    if printer.json() {
+        return write_json(out, &topic);
+    }
+    if created {
+        writeln!(out, "created topic {}", topic.name)?;
+    } else {
+        writeln!(
+            out,
+            "topic {} already exists with these settings",
+            topic.name
+        )?;
+    }
+    Ok(())
+}
+
+fn write_topic(out: &mut dyn Write, topic: &Topic) -> Result<(), CommandError> {
+    write_fields(
+        out,
+        &[
+            ("name", topic.name.clone()),
+            ("created", or_dash(topic.created.as_deref())),
+            ("max age", or_dash(topic.retention.max_age.as_deref())),
+            ("max bytes", max_bytes_text(&topic.retention)),
+            ("dedup window", or_dash(topic.dedup_window.as_deref())),
+            ("events", retained_events(topic).to_string()),
+        ],
+    )?;
+    writeln!(out)?;
+    let mut table = Table::new(&["PARTITION", "START", "END", "EVENTS", "BYTES"]);
+    for partition in &topic.partitions {
+        table.row(vec![
+            partition.partition.to_string(),
+            partition.start_offset.to_string(),
+            partition.end_offset.to_string(),
+            partition
+                .end_offset
+                .saturating_sub(partition.start_offset)
+                .to_string(),
+            partition.bytes.to_string(),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+/// The events a topic holds now, over all partitions.
+fn retained_events(topic: &Topic) -> u64 {
+    topic
+        .partitions
+        .iter()
+        .map(|partition| partition.end_offset.saturating_sub(partition.start_offset))
+        .sum()
+}
+
+fn max_bytes_text(retention: &Retention) -> String {
+    retention
+        .max_bytes
+        .map_or_else(|| "no limit".to_owned(), |bytes| bytes.to_string())
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
+}
+
+// ---- publishing ----
+
+async fn publish(
+    client: &Client,
+    printer: Printer,
+    args: PublishArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let attributes = EventAttributes {
+        event_type: args.event_type,
+        source: args.source,
+        id: args.id,
+        partition_key: args.key,
+    };
+    let result = if let Some(file) = &args.batch_file {
+        let name = file.display().to_string();
+        let text = read_input(file)?;
+        let mut events = parse_batch(&name, &text).map_err(CommandError::Usage)?;
+        if attributes.any() {
+            events = events
+                .into_iter()
+                .map(|data| attributes.build(&args.topic, data))
+                .collect();
+        }
+        client.publish_batch(&args.topic, &events).await?
+    } else {
+        // clap requires DATA when there is no --batch-file.
+        let data = args.data.unwrap_or_default();
+        let text = if data == "-" {
+            read_input(Path::new("-"))?
+        } else {
+            data
+        };
+        let data = parse_data(&text).map_err(CommandError::Usage)?;
+        if attributes.any() {
+            let event = attributes.build(&args.topic, data);
+            client.publish_event(&args.topic, &event).await?
+        } else {
+            client.publish_json(&args.topic, &data).await?
+        }
+    };
+    write_publish_result(out, printer, &result)
+}
+
+fn write_publish_result(
+    out: &mut dyn Write,
+    printer: Printer,
+    result: &PublishResult,
+) -> Result<(), CommandError> {
+    if printer.json() {
+        return write_json(out, result);
+    }
+    let mut table = Table::new(&["ID", "PARTITION", "OFFSET", "DUPLICATE"]);
+    for event in &result.events {
+        table.row(vec![
+            event.id.clone(),
+            event.partition.to_string(),
+            event.offset.to_string(),
+            if event.duplicate { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+/// Reads a file, or stdin for `-`; a failure is the user's to fix, so a usage error.
+fn read_input(path: &Path) -> Result<String, CommandError> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|error| CommandError::Usage(format!("cannot read stdin: {error}")))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|error| CommandError::Usage(format!("cannot read {}: {error}", path.display())))
+}
+
+// ---- reading ----
+
+async fn read(
+    client: &Client,
+    printer: Printer,
+    args: ReadArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let mut query = ReadQuery {
+        partition: args.partition,
+        offset: args.offset,
+        from_time: args.from_time,
+        limit: args.limit,
+        wait: args.wait,
+    };
+    if !args.follow {
+        let answer = client.read(&args.topic, &query).await?;
+        if printer.json() {
+            return write_json(out, &answer);
+        }
+        if !answer.events.is_empty() {
+            let mut table = Table::new(&["OFFSET", "TIMESTAMP", "TYPE", "ID", "DATA"]);
+            for stored in &answer.events {
+                table.row(vec![
+                    stored.offset.to_string(),
+                    stored.timestamp.clone(),
+                    attribute(&stored.event, "type"),
+                    attribute(&stored.event, "id"),
+                    data_text(&stored.event),
+                ]);
+            }
+            table.write(out)?;
+        } else {
+            writeln!(out, "no events")?;
+        }
+        writeln!(out, "next offset: {}", answer.next_offset)?;
+        return Ok(());
+    }
+
+    if query.wait.is_none() {
+        query.wait = Some(FOLLOW_WAIT.to_owned());
+    }
+    loop {
+        let answer = client.read(&args.topic, &query).await?;
+        for stored in &answer.events {
+            write_stored_event(out, printer, stored)?;
+        }
+        out.flush()?;
+        query.offset = Some(answer.next_offset);
+        query.from_time = None;
+    }
+}
+
+fn write_stored_event(
+    out: &mut dyn Write,
+    printer: Printer,
+    stored: &StoredEvent,
+) -> Result<(), CommandError> {
+    if printer.json() {
+        return write_json_line(out, stored);
+    }
+    writeln!(
+        out,
+        "{}:{}  {}  {}  {}  {}",
+        stored.partition,
+        stored.offset,
+        stored.timestamp,
+        attribute(&stored.event, "type"),
+        attribute(&stored.event, "id"),
+        data_text(&stored.event)
+    )?;
+    Ok(())
+}
+
+/// A string attribute of a CloudEvent, or `-`.
+fn attribute(event: &Value, name: &str) -> String {
+    match event.get(name) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A CloudEvent's data on one line: compact JSON, or `base64:...` for binary data.
+fn data_text(event: &Value) -> String {
+    if let Some(data) = event.get("data") {
+        return data.to_string();
+    }
+    match event.get("data_base64") {
+        Some(Value::String(encoded)) => format!("base64:{encoded}"),
+        _ => String::new(),
+    }
+}
+
+async fn tail(
+    client: &Client,
+    printer: Printer,
+    args: TailArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let messages = client.tail_messages(&args.patterns).await?;
+    let mut messages = std::pin::pin!(messages);
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let parsed: Option<TailEvent> = serde_json::from_str(&message.data).ok();
+        match (printer.json(), parsed) {
+            (true, _) => match serde_json::from_str::<Value>(&message.data) {
+                Ok(value) => write_json_line(out, &value)?,
+                Err(_) => writeln!(out, "{}", message.data.replace('\n', " "))?,
+            },
+            (false, Some(tailed)) => writeln!(
+                out,
+                "{}/{}:{}  {}  {}  {}",
+                tailed.topic,
+                tailed.partition,
+                tailed.offset,
+                attribute(&tailed.event, "type"),
+                attribute(&tailed.event, "id"),
+                data_text(&tailed.event)
+            )?,
+            (false, None) => {
+                let name = message.event.as_deref().unwrap_or("message");
+                writeln!(out, "{name}: {}", message.data.replace('\n', " "))?;
+            }
+        }
+        out.flush()?;
+    }
+    eprintln!("the server closed the stream");
+    Ok(())
+}
+
+// ---- subscriptions ----
+
+async fn subscription(
+    client: &Client,
+    printer: Printer,
+    command: SubCommand,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    match command {
+        SubCommand::Create(args) => subscription_create(client, printer, args, out).await,
+        SubCommand::List => {
+            let subscriptions = client.list_subscriptions().await?;
+            if printer.json() {
+                return write_json(out, &json!({ "subscriptions": subscriptions }));
+            }
+            let mut table = Table::new(&[
+                "NAME",
+                "MODE",
+                "TOPICS",
+                "START",
+                "ACK TIMEOUT",
+                "MAX DELIVERIES",
+                "DEAD LETTER TOPIC",
+            ]);
+            for subscription in &subscriptions {
+                table.row(vec![
+                    subscription.name.clone(),
+                    or_dash(subscription.mode.as_deref()),
+                    subscription.topics.join(","),
+                    value_text(subscription.start.as_ref()),
+                    or_dash(subscription.ack_timeout.as_deref()),
+                    subscription
+                        .max_deliveries
+                        .map_or_else(|| "-".to_owned(), |count| count.to_string()),
+                    or_dash(subscription.dead_letter_topic.as_deref()),
+                ]);
+            }
+            table.write(out)?;
+            Ok(())
+        }
+        SubCommand::Describe { name } => {
+            let subscription = client.describe_subscription(&name).await?;
+            if printer.json() {
+                return write_json(out, &subscription);
+            }
+            write_subscription(out, &subscription)
+        }
+        SubCommand::Delete { name } => {
+            client.delete_subscription(&name).await?;
+            if !printer.json() {
+                writeln!(out, "deleted subscription {name}")?;
+            }
+            Ok(())
+        }
+        SubCommand::Seek(args) => seek(client, printer, args, out).await,
+        SubCommand::Redrive(args) => redrive(client, printer, args, out).await,
+    }
+}
+
+async fn subscription_create(
+    client: &Client,
+    printer: Printer,
+    args: SubCreateArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let settings = SubscriptionSettings {
+        topics: args.topics,
+        mode: args.mode,
+        start: args.start,
+        filter: args.filter,
+        ack_timeout: args.ack_timeout,
+        max_deliveries: args.max_deliveries,
+        dead_letter_topic: args.dead_letter_topic,
+        retry: None,
+        ordering: args.ordering,
+        push: None,
+    };
+    let (subscription, created) = client.create_subscription(&args.name, &settings).await?;
+    if printer.json() {
+        return write_json(out, &subscription);
+    }
+    if created {
+        writeln!(out, "created subscription {}", subscription.name)?;
+    } else {
+        writeln!(
+            out,
+            "subscription {} already exists with these settings",
+            subscription.name
+        )?;
+    }
+    Ok(())
+}
+
+fn write_subscription(
+    out: &mut dyn Write,
+    subscription: &Subscription,
+) -> Result<(), CommandError> {
+    let retry = subscription.retry.as_ref().map(|retry| {
+        format!(
+            "initial {}, max {}, multiplier {}",
+            retry.initial.as_deref().unwrap_or("-"),
+            retry.max.as_deref().unwrap_or("-"),
+            retry
+                .multiplier
+                .map_or_else(|| "-".to_owned(), |multiplier| multiplier.to_string())
+        )
+    });
+    let mut fields = vec![
+        ("name", subscription.name.clone()),
+        ("mode", or_dash(subscription.mode.as_deref())),
+        ("topics", subscription.topics.join(", ")),
+        ("start", value_text(subscription.start.as_ref())),
+        ("filter", value_text(subscription.filter.as_ref())),
+        ("ack timeout", or_dash(subscription.ack_timeout.as_deref())),
+        (
+            "max deliveries",
+            subscription
+                .max_deliveries
+                .map_or_else(|| "-".to_owned(), |count| count.to_string()),
+        ),
+        (
+            "dead letter topic",
+            or_dash(subscription.dead_letter_topic.as_deref()),
+        ),
+        ("retry", or_dash(retry.as_deref())),
+        ("ordering", or_dash(subscription.ordering.as_deref())),
+        ("push", value_text(subscription.push.as_ref())),
+    ];
+    if let Some(stats) = &subscription.stats {
+        fields.extend([
+            ("backlog", stats.backlog.to_string()),
+            ("in flight", stats.in_flight.to_string()),
+            ("delivered", stats.delivered.to_string()),
+            ("acked", stats.acked.to_string()),
+            ("redelivered", stats.redelivered.to_string()),
+            ("dead lettered", stats.dead_lettered.to_string()),
+        ]);
+        if let Some(push) = &stats.push {
+            fields.push(("push state", value_text(Some(push))));
+        }
+        fields.push(("consumers", stats.consumers.len().to_string()));
+    }
+    write_fields(out, &fields)?;
+    if let Some(stats) = &subscription.stats {
+        for consumer in &stats.consumers {
+            writeln!(out, "  {consumer}")?;
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value on one line: strings bare, `null` as `-`.
+fn value_text(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+async fn seek(
+    client: &Client,
+    printer: Printer,
+    args: SeekArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let target = seek_target(&args.to);
+    let answer = client.seek(&args.name, &target).await?;
+    if printer.json() {
+        if !answer.is_null() {
+            write_json(out, &answer)?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "moved subscription {} to {}", args.name, args.to)?;
+    Ok(())
+}
+
+/// `PARTITION:OFFSET` (both whole numbers) becomes `{"partition", "offset"}`; anything else
+/// (`earliest`, `latest`, a time) is sent as a string.
+pub fn seek_target(text: &str) -> Value {
+    if let Some((partition, offset)) = text.split_once(':')
+        && let (Ok(partition), Ok(offset)) = (partition.parse::<u32>(), offset.parse::<u64>())
+    {
+        return json!({ "partition": partition, "offset": offset });
+    }
+    Value::from(text)
+}
+
+async fn redrive(
+    client: &Client,
+    printer: Printer,
+    args: RedriveArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client.redrive(&args.name, args.max).await?;
+    if printer.json() {
+        if !answer.is_null() {
+            write_json(out, &answer)?;
+        }
+        return Ok(());
+    }
+    match &answer {
+        Value::Object(fields) => {
+            let fields: Vec<(&str, String)> = fields
+                .iter()
+                .map(|(key, value)| (key.as_str(), value_text(Some(value))))
+                .collect();
+            write_fields(out, &fields)?;
+        }
+        Value::Null => writeln!(out, "redrove subscription {}", args.name)?,
+        other => writeln!(out, "{other}")?,
+    }
+    Ok(())
+}
+
+// ---- consuming ----
+
+async fn pull(
+    client: &Client,
+    printer: Printer,
+    args: PullArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let mut request = PullRequest {
+        max: args.max,
+        wait: args.wait,
+        consumer: args.consumer,
+    };
+    if !args.follow {
+        let answer = client.pull(&args.subscription, &request).await?;
+        if printer.json() {
+            write_json(out, &answer)?;
+        } else if answer.deliveries.is_empty() {
+            writeln!(out, "no deliveries")?;
+        } else {
+            let mut table = Table::new(&[
+                "RECEIPT",
+                "ATTEMPT",
+                "TOPIC",
+                "PARTITION",
+                "OFFSET",
+                "TYPE",
+                "ID",
+                "DATA",
+            ]);
+            for delivery in &answer.deliveries {
+                table.row(vec![
+                    delivery.receipt.clone(),
+                    delivery.attempt.to_string(),
+                    delivery.topic.clone(),
+                    delivery.partition.to_string(),
+                    delivery.offset.to_string(),
+                    attribute(&delivery.event, "type"),
+                    attribute(&delivery.event, "id"),
+                    data_text(&delivery.event),
+                ]);
+            }
+            table.write(out)?;
+        }
+        if args.ack && !answer.deliveries.is_empty() {
+            let acked = ack_deliveries(client, &args.subscription, &answer.deliveries).await?;
+            if !printer.json() {
+                writeln!(out, "acked {acked} of {}", answer.deliveries.len())?;
+            }
+        }
+        return Ok(());
+    }
+
+    if request.wait.is_none() {
+        request.wait = Some(FOLLOW_WAIT.to_owned());
+    }
+    loop {
+        let answer = client.pull(&args.subscription, &request).await?;
+        for delivery in &answer.deliveries {
+            write_delivery_line(out, printer, delivery)?;
+        }
+        out.flush()?;
+        if args.ack && !answer.deliveries.is_empty() {
+            ack_deliveries(client, &args.subscription, &answer.deliveries).await?;
+        }
+    }
+}
+
+fn write_delivery_line(
+    out: &mut dyn Write,
+    printer: Printer,
+    delivery: &Delivery,
+) -> Result<(), CommandError> {
+    if printer.json() {
+        return write_json_line(out, delivery);
+    }
+    writeln!(
+        out,
+        "{}  attempt {}  {}/{}:{}  {}  {}  {}",
+        delivery.receipt,
+        delivery.attempt,
+        delivery.topic,
+        delivery.partition,
+        delivery.offset,
+        attribute(&delivery.event, "type"),
+        attribute(&delivery.event, "id"),
+        data_text(&delivery.event)
+    )?;
+    Ok(())
+}
+
+/// Acks the deliveries; returns how many were acked, and warns on stderr about the others.
+async fn ack_deliveries(
+    client: &Client,
+    subscription: &str,
+    deliveries: &[Delivery],
+) -> Result<usize, CommandError> {
+    let receipts: Vec<String> = deliveries
+        .iter()
+        .map(|delivery| delivery.receipt.clone())
+        .collect();
+    let answer = client.ack(subscription, &receipts).await?;
+    warn_about_receipts(&answer);
+    Ok(answer
+        .results
+        .iter()
+        .filter(|result| result.status == "ok")
+        .count())
+}
+
+fn warn_about_receipts(answer: &AckResponse) {
+    for result in &answer.results {
+        if result.status != "ok" {
+            eprintln!("warning: receipt {} is {}", result.receipt, result.status);
+        }
+    }
+}
+
+async fn ack(
+    client: &Client,
+    printer: Printer,
+    args: ReceiptArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client.ack(&args.subscription, &args.receipts).await?;
+    write_receipt_results(out, printer, &answer)
+}
+
+async fn nack(
+    client: &Client,
+    printer: Printer,
+    args: NackArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client
+        .nack(&args.subscription, &args.receipts, args.delay.as_deref())
+        .await?;
+    write_receipt_results(out, printer, &answer)
+}
+
+fn write_receipt_results(
+    out: &mut dyn Write,
+    printer: Printer,
+    answer: &AckResponse,
+) -> Result<(), CommandError> {
+    if printer.json() {
+        return write_json(out, answer);
+    }
+    let mut table = Table::new(&["RECEIPT", "STATUS"]);
+    for result in &answer.results {
+        table.row(vec![result.receipt.clone(), result.status.clone()]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+// ---- services ----
+
+async fn services(
+    client: &Client,
+    printer: Printer,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client.services().await?;
+    if printer.json() {
+        return write_json(out, &answer);
+    }
+    let mut table = Table::new(&["NAME", "PUBLISHES", "CONSUMES", "LAST SEEN"]);
+    for service in &answer.services {
+        table.row(vec![
+            service.name.clone(),
+            service.publishes.join(","),
+            service.consumes.join(","),
+            or_dash(service.last_seen.as_deref()),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seek_target_is_a_position_or_a_string() {
+        assert_eq!(seek_target("0:5"), json!({"partition": 0, "offset": 5}));
+        assert_eq!(seek_target("earliest"), json!("earliest"));
+        assert_eq!(
+            seek_target("2026-11-01T00:00:00Z"),
+            json!("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(seek_target("a:5"), json!("a:5"));
+    }
+
+    #[test]
+    fn data_is_shown_on_one_line() {
+        assert_eq!(data_text(&json!({"data": {"a": [1, 2]}})), r#"{"a":[1,2]}"#);
+        assert_eq!(data_text(&json!({"data_base64": "AAE="})), "base64:AAE=");
+        assert_eq!(data_text(&json!({"id": "x"})), "");
+    }
+}
