@@ -1,0 +1,236 @@
+//! kill -9 of a real server under load: every publish answered 201 is stored at its offset
+//! with its bytes, and every commit answered `ok` holds, after restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::real_server::RealServer;
+
+const ROUNDS: u32 = 6;
+
+#[derive(Default)]
+struct Acknowledged {
+    /// (partition, offset, id, data) of every event answered 201.
+    published: Vec<(u64, u64, String, u64)>,
+    /// Per partition, the highest offset whose commit was answered `ok`.
+    committed: std::collections::BTreeMap<u64, u64>,
+}
+
+fn publisher(
+    url: String,
+    writer: u64,
+    round: u32,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Acknowledged>>,
+) {
+    let client = reqwest::blocking::Client::new();
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let events: Vec<Value> = (0..10)
+            .map(|n| {
+                let id = format!("r{round}-w{writer}-{}", sequence + n);
+                json!({"specversion": "1.0", "id": id, "source": "/kill-test", "type": "t", "data": sequence + n})
+            })
+            .collect();
+        let Ok(response) = client
+            .post(format!("{url}/v1/topics/ledger/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&events).unwrap())
+            .send()
+        else {
+            return; // the server died mid-request: that batch was never acknowledged
+        };
+        if response.status().as_u16() != 201 {
+            return;
+        }
+        let Ok(answer) = response.json::<Value>() else {
+            return;
+        };
+        let mut acknowledged = acknowledged.lock().unwrap();
+        for (event, stored) in events.iter().zip(answer["events"].as_array().unwrap()) {
+            assert_eq!(stored["duplicate"], false);
+            acknowledged.published.push((
+                stored["partition"].as_u64().unwrap(),
+                stored["offset"].as_u64().unwrap(),
+                event["id"].as_str().unwrap().to_owned(),
+                event["data"].as_u64().unwrap(),
+            ));
+        }
+        sequence += 10;
+    }
+}
+
+fn consumer(url: String, stop: Arc<AtomicBool>, acknowledged: Arc<Mutex<Acknowledged>>) {
+    let client = reqwest::blocking::Client::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(response) = client
+            .post(format!("{url}/v1/subscriptions/auditor/pull"))
+            .json(&json!({"consumer": "c", "max": 50, "wait": "100ms"}))
+            .send()
+        else {
+            return;
+        };
+        let Ok(pulled) = response.json::<Value>() else {
+            return;
+        };
+        let Some(last) = pulled["deliveries"]
+            .as_array()
+            .and_then(|deliveries| deliveries.last())
+            .cloned()
+        else {
+            continue;
+        };
+        let Ok(response) = client
+            .post(format!("{url}/v1/subscriptions/auditor/ack"))
+            .json(&json!({"receipts": [last["receipt"]]}))
+            .send()
+        else {
+            return;
+        };
+        let Ok(answer) = response.json::<Value>() else {
+            return;
+        };
+        if answer["results"][0]["status"] == "ok" {
+            let (partition, offset) = (
+                last["partition"].as_u64().unwrap(),
+                last["offset"].as_u64().unwrap(),
+            );
+            let mut acknowledged = acknowledged.lock().unwrap();
+            let committed = acknowledged.committed.entry(partition).or_insert(offset);
+            *committed = (*committed).max(offset);
+        }
+    }
+}
+
+#[test]
+fn acknowledged_publishes_and_commits_survive_kill_9() {
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
+    let mut random = rand::rng();
+    let mut commits_checked = 0;
+    {
+        let server = RealServer::start(&data_dir);
+        let client = reqwest::blocking::Client::new();
+        let created = client
+            .put(format!("{}/v1/topics/ledger", server.url))
+            .json(&json!({"partitions": 2}))
+            .send()
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        let subscribed = client
+            .put(format!("{}/v1/subscriptions/auditor", server.url))
+            .json(&json!({"topics": ["ledger"], "mode": "stream", "start": "earliest"}))
+            .send()
+            .unwrap();
+        assert_eq!(subscribed.status().as_u16(), 201);
+        server.terminate();
+    }
+    for round in 0..ROUNDS {
+        let server = RealServer::start(&data_dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for writer in 0..3 {
+            let (url, stop, acknowledged) =
+                (server.url.clone(), stop.clone(), acknowledged.clone());
+            threads.push(std::thread::spawn(move || {
+                publisher(url, writer, round, stop, acknowledged)
+            }));
+        }
+        {
+            let (url, stop, acknowledged) =
+                (server.url.clone(), stop.clone(), acknowledged.clone());
+            threads.push(std::thread::spawn(move || {
+                consumer(url, stop, acknowledged)
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(random.random_range(300..900)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+
+        // Restart and check everything acknowledged so far, from every round.
+        let server = RealServer::start(&data_dir);
+        let client = reqwest::blocking::Client::new();
+        let acknowledged = acknowledged.lock().unwrap();
+        assert!(
+            !acknowledged.published.is_empty(),
+            "round {round} published something"
+        );
+        for partition in 0..2u64 {
+            let mut stored = Vec::new();
+            let mut offset = 0;
+            loop {
+                let read: Value = client
+                    .get(format!("{}/v1/topics/ledger/events?partition={partition}&offset={offset}&limit=1000", server.url))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                let events = read["events"].as_array().unwrap();
+                if events.is_empty() {
+                    break;
+                }
+                stored.extend(events.iter().cloned());
+                offset = read["next_offset"].as_u64().unwrap();
+            }
+            for (_, offset, id, data) in acknowledged
+                .published
+                .iter()
+                .filter(|(stored_partition, ..)| *stored_partition == partition)
+            {
+                let event = stored.get(*offset as usize).unwrap_or_else(|| {
+                    panic!("round {round}: acknowledged partition {partition} offset {offset} lost")
+                });
+                assert_eq!(event["offset"], *offset);
+                assert_eq!(
+                    event["event"]["id"],
+                    id.as_str(),
+                    "round {round}: another event at {partition}/{offset}"
+                );
+                assert_eq!(event["event"]["data"], *data);
+            }
+        }
+        // The group resumes right after its last commit: never before an acknowledged one.
+        let mut first_delivered = std::collections::BTreeMap::new();
+        loop {
+            let pulled: Value = client
+                .post(format!("{}/v1/subscriptions/auditor/pull", server.url))
+                .json(&json!({"consumer": "c", "max": 1000}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let deliveries = pulled["deliveries"].as_array().unwrap();
+            if deliveries.is_empty() {
+                break;
+            }
+            for delivery in deliveries {
+                first_delivered
+                    .entry(delivery["partition"].as_u64().unwrap())
+                    .or_insert(delivery["offset"].as_u64().unwrap());
+            }
+        }
+        for (partition, committed) in &acknowledged.committed {
+            if let Some(first) = first_delivered.get(partition) {
+                assert!(
+                    first > committed,
+                    "round {round}: partition {partition} redelivered {first} after commit {committed} was acknowledged"
+                );
+                commits_checked += 1;
+            }
+        }
+        drop(acknowledged);
+        server.terminate();
+    }
+    assert!(
+        commits_checked > 0,
+        "no acknowledged commit was ever checked against a redelivery"
+    );
+}

@@ -1,0 +1,126 @@
+//! The README's five-minute tour, run against a real server as a newcomer would run it (the
+//! curl steps are sent with an HTTP client, byte for byte the same requests).
+
+use serde_json::{Value, json};
+
+use crate::real_server::RealServer;
+
+fn text(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn the_readme_tour_works_end_to_end() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = RealServer::start(&directory.path().join("herald-data"));
+    let client = reqwest::blocking::Client::new();
+
+    // curl -X PUT localhost:7070/v1/topics/orders -H 'content-type: application/json' -d '{"partitions": 2}'
+    let created = client
+        .put(format!("{}/v1/topics/orders", server.url))
+        .header("content-type", "application/json")
+        .body(r#"{"partitions": 2}"#)
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    // curl -X POST localhost:7070/v1/topics/orders/events -H 'content-type: application/cloudevents+json' -d '…'
+    let published: Value = client
+        .post(format!("{}/v1/topics/orders/events", server.url))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"order-1","source":"/shop","type":"order.created","partitionkey":"customer-7","data":{"total":42}}"#)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        published,
+        json!({"events": [{"id": "order-1", "partition": 1, "offset": 0, "duplicate": false}]})
+    );
+
+    // herald publish orders '{"total": 7}' --type order.created --source /shop --key customer-9
+    let output = text(&server.cli(&[
+        "publish",
+        "orders",
+        r#"{"total": 7}"#,
+        "--type",
+        "order.created",
+        "--source",
+        "/shop",
+        "--key",
+        "customer-9",
+    ]));
+    assert!(output.contains("DUPLICATE"), "{output}");
+    // herald read orders --partition 1
+    let output = text(&server.cli(&["read", "orders", "--partition", "1"]));
+    assert!(
+        output.contains("order-1")
+            && output.contains(r#"{"total":42}"#)
+            && output.contains(r#"{"total":7}"#),
+        "{output}"
+    );
+    assert!(output.contains("next offset: 2"), "{output}");
+    // curl 'localhost:7070/v1/topics/orders/events?partition=1&offset=0'
+    let read: Value = client
+        .get(format!(
+            "{}/v1/topics/orders/events?partition=1&offset=0",
+            server.url
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(read["events"][0]["event"]["data"], json!({"total": 42}));
+    assert_eq!(read["next_offset"], 2);
+
+    // herald sub create audit --topic orders --mode stream --start earliest
+    let output = text(&server.cli(&[
+        "sub", "create", "audit", "--topic", "orders", "--mode", "stream", "--start", "earliest",
+    ]));
+    assert!(output.contains("created subscription audit"), "{output}");
+    // herald pull audit --consumer worker-1 --max 10 --ack
+    let output = text(&server.cli(&[
+        "pull",
+        "audit",
+        "--consumer",
+        "worker-1",
+        "--max",
+        "10",
+        "--ack",
+    ]));
+    assert!(output.contains("acked 2 of 2"), "{output}");
+    // herald sub describe audit
+    let output = text(&server.cli(&["--output", "json", "sub", "describe", "audit"]));
+    let described: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(described["stats"]["backlog"], 0);
+    assert_eq!(described["stats"]["acked"], 2);
+    // After a restart the group resumes after its commit: nothing to pull.
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    let server = RealServer::start(&directory.path().join("herald-data"));
+    let output = text(&server.cli(&[
+        "--output",
+        "json",
+        "pull",
+        "audit",
+        "--consumer",
+        "worker-1",
+    ]));
+    assert!(
+        !output.contains("receipt"),
+        "nothing is delivered again: {output}"
+    );
+    // An error is one line and exit code 1.
+    let missing = server.cli(&["pull", "nosuch"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let error = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.starts_with("error: 404"), "{error}");
+    server.terminate();
+}
