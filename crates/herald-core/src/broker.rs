@@ -15,6 +15,7 @@ use crate::dedup::{DedupIndex, DedupKey, KeyHasher, Lookup};
 use crate::meta::{ServiceRecord, TopicRecord};
 use crate::murmur2;
 use crate::names::{self, NameError};
+use crate::queue::{self, QueueGroup, QueueStats, Settle};
 use crate::receipt::ReceiptKey;
 use crate::store::{Store, StoreError};
 use crate::stream::{self, StreamGroup};
@@ -174,6 +175,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // The OS always has randomness; should it not, a fixed value only weakens jitter and the
+    // restart check of queue receipts, never correctness of stored data.
+    let _ = getrandom::fill(&mut bytes);
+    u32::from_le_bytes(bytes)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -261,7 +270,21 @@ pub struct Subscription {
     pub name: String,
     pub spec: SubscriptionSpec,
     pub created_ms: u64,
-    pub(crate) group: StreamGroup,
+    pub(crate) group: Group,
+}
+
+/// The consumer-side state of a subscription, by mode.
+#[derive(Debug)]
+pub(crate) enum Group {
+    Stream(StreamGroup),
+    Queue(QueueGroup),
+}
+
+/// Statistics of a subscription, by mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionStats {
+    Stream(stream::StreamStats),
+    Queue(QueueStats),
 }
 
 /// Bytes a record adds around an event's body and header values (record fields, header names).
@@ -286,6 +309,10 @@ pub struct Broker {
     services: Mutex<BTreeMap<String, ServiceRecord>>,
     pub(crate) receipts: ReceiptKey,
     key_hasher: KeyHasher,
+    /// The clock of leases and retries: wall time at open plus the (pausable) tokio clock since.
+    clock_base: (u64, tokio::time::Instant),
+    /// A random number of this process, in queue receipts: leases do not outlive a restart.
+    boot: u32,
 }
 
 const RECEIPT_KEY_SETTING: &str = "receipt_key";
@@ -334,6 +361,8 @@ impl Broker {
             services: Mutex::new(services),
             receipts,
             key_hasher: KeyHasher::default(),
+            clock_base: (now_ms(), tokio::time::Instant::now()),
+            boot: random_u32(),
             config,
         });
         for record in store.subscriptions()? {
@@ -341,10 +370,10 @@ impl Broker {
                 serde_json::from_value(record.settings.clone()).map_err(|error| {
                     BrokerError::Invalid(format!("stored subscription {}: {error}", record.name))
                 })?;
-            let committed = store.positions(record.id)?;
+            let group = broker.new_group(record.id, &spec)?;
             let subscription = Arc::new(Subscription {
                 id: record.id,
-                group: StreamGroup::new(&committed),
+                group,
                 name: record.name.clone(),
                 spec,
                 created_ms: record.created_ms,
@@ -405,6 +434,78 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Milliseconds since the Unix epoch on the broker's clock (which tests can pause).
+    pub fn clock_ms(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.clock_base.1);
+        self.clock_base.0 + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A subscription's group from its stored state.
+    fn new_group(
+        &self,
+        subscription_id: u64,
+        spec: &SubscriptionSpec,
+    ) -> Result<Group, BrokerError> {
+        Ok(match spec.mode {
+            Mode::Stream => {
+                Group::Stream(StreamGroup::new(&self.store.positions(subscription_id)?))
+            }
+            Mode::Queue => {
+                let stored = self.store.queue_state(subscription_id)?;
+                Group::Queue(QueueGroup::new(
+                    &stored,
+                    spec,
+                    self.boot,
+                    u64::from(random_u32()) << 1,
+                )?)
+            }
+        })
+    }
+
+    /// The topic with this id, if it still exists.
+    pub(crate) fn topic_by_id(&self, id: u64) -> Option<Arc<Topic>> {
+        self.topics_snapshot()
+            .into_iter()
+            .find(|topic| topic.record.id == id)
+    }
+
+    /// Appends events without deduplication (dead letters, redrives), creating the topic with
+    /// one partition if needed, whatever `auto_create_topics` says.
+    pub(crate) async fn append_internal(
+        &self,
+        topic_name: &str,
+        events: &[EventToPublish<'_>],
+    ) -> Result<Vec<Published>, BrokerError> {
+        let topic = match self.topic(topic_name) {
+            Ok(topic) => topic,
+            Err(_) => {
+                let settings = TopicSettings {
+                    partitions: 1,
+                    ..self.config.default_topic
+                };
+                self.create_topic_unchecked(topic_name, settings).await?.0
+            }
+        };
+        let not_duplicates = vec![None; events.len()];
+        let not_repeated = vec![None; events.len()];
+        let partition = topic.round_robin.fetch_add(1, Ordering::Relaxed) % topic.record.partitions;
+        let stored = self
+            .append_reserved(&topic, events, &not_duplicates, &not_repeated, partition)
+            .await?;
+        let mut positions = vec![
+            Published {
+                partition: 0,
+                offset: 0,
+                duplicate: false
+            };
+            events.len()
+        ];
+        for (index, position) in stored {
+            positions[index] = position;
+        }
+        Ok(positions)
     }
 
     /// The store under the broker.
@@ -996,9 +1097,26 @@ impl Broker {
                 continue;
             }
             for partition in 0..topic.record.partitions {
+                // A queue subscription keeps every segment that still holds an event it has not
+                // finished with (acked, dead-lettered or filtered out).
+                let key = (topic.record.id, partition);
+                let needed_from = self
+                    .subscriptions_snapshot()
+                    .iter()
+                    .filter_map(|subscription| match &subscription.group {
+                        Group::Queue(group) => {
+                            let covers = queue_covers(self, subscription, &topic);
+                            covers.then(|| group.floor(key).unwrap_or(0))
+                        }
+                        Group::Stream(_) => None,
+                    })
+                    .min();
+                let hook: crate::store::RetentionHook = Box::new(move |segment| {
+                    needed_from.is_none_or(|floor| segment.end_offset <= floor)
+                });
                 let outcome = self
                     .store
-                    .apply_retention(topic.record.id, partition, policy, now, Box::new(|_| true))
+                    .apply_retention(topic.record.id, partition, policy, now, hook)
                     .await?;
                 deleted += outcome.deleted_segments;
             }
@@ -1074,24 +1192,22 @@ impl Broker {
         for pattern in &spec.topics {
             names::check_pattern(pattern)?;
         }
-        match spec.mode {
-            Mode::Queue => {
-                return Err(BrokerError::NotImplemented(
-                    "queue subscriptions are not available in this version of Herald yet; use \"mode\": \"stream\"".into(),
+        if let Some(filter) = &spec.filter {
+            crate::filter::Filter::parse(filter)
+                .map_err(|error| BrokerError::Invalid(error.to_string()))?;
+            if spec.mode == Mode::Stream {
+                return Err(BrokerError::Invalid(
+                    "filters are for queue subscriptions; a stream delivers every event of its partitions in order".into(),
                 ));
             }
-            Mode::Stream => {}
-        }
-        if spec.filter.is_some() {
-            return Err(BrokerError::NotImplemented(
-                "subscription filters are not available in this version of Herald yet".into(),
-            ));
         }
         if spec.push.is_some() {
-            return Err(BrokerError::Invalid(
-                "\"push\" is only for queue subscriptions".into(),
+            return Err(BrokerError::NotImplemented(
+                "push (webhook) subscriptions are not available in this version of Herald yet"
+                    .into(),
             ));
         }
+        names::check_topic_name(&spec.dead_letter_topic)?;
         let _admin = self.admin.lock().await;
         if let Ok(existing) = self.subscription(name) {
             if existing.spec == spec {
@@ -1128,12 +1244,13 @@ impl Broker {
         self.store
             .put_subscription(record.clone(), positions.clone())
             .await?;
+        let group = self.new_group(id, &spec)?;
         let subscription = Arc::new(Subscription {
             id,
             name: name.to_owned(),
             spec,
             created_ms: record.created_ms,
-            group: StreamGroup::new(&positions),
+            group,
         });
         self.subscriptions
             .write()
@@ -1158,11 +1275,15 @@ impl Broker {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(name);
-        subscription.group.close();
+        match &subscription.group {
+            Group::Stream(group) => group.close(),
+            Group::Queue(group) => group.close(),
+        }
         Ok(())
     }
 
-    /// Stream pull: up to `max` events of the consumer's partitions, in order per partition.
+    /// Pull: up to `max` deliveries. Stream: the consumer's partitions, in order. Queue: leased
+    /// events until their deadline.
     pub async fn pull(
         &self,
         name: &str,
@@ -1175,10 +1296,18 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
-        stream::pull(self, &subscription, consumer, max, wait).await
+        match &subscription.group {
+            Group::Stream(group) => {
+                stream::pull(self, &subscription, group, consumer, max, wait).await
+            }
+            Group::Queue(group) => {
+                queue::pull(self, &subscription, group, consumer, max, wait).await
+            }
+        }
     }
 
-    /// Stream ack: commits each receipt's partition up to and including its offset.
+    /// Ack. Stream: commits each receipt's partition up to and including its offset. Queue: done
+    /// with these deliveries (durably).
     pub async fn ack(
         &self,
         name: &str,
@@ -1189,19 +1318,89 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
-        stream::ack(self, &subscription, receipts).await
+        match &subscription.group {
+            Group::Stream(group) => stream::ack(self, &subscription, group, receipts).await,
+            Group::Queue(group) => {
+                queue::settle(self, &subscription, group, receipts, Settle::Ack).await
+            }
+        }
     }
 
-    /// Moves a stream group's position.
+    /// Queue only: nack, extend or reject.
+    pub async fn settle(
+        &self,
+        name: &str,
+        receipts: &[String],
+        action: Settle,
+    ) -> Result<Vec<stream::AckStatus>, BrokerError> {
+        let subscription = self.subscription(name)?;
+        match &subscription.group {
+            Group::Queue(group) => {
+                queue::settle(self, &subscription, group, receipts, action).await
+            }
+            Group::Stream(_) => Err(BrokerError::Invalid(format!(
+                "{name:?} is a stream subscription: nack, extend and reject are for queue subscriptions (commit with ack, move with seek)"
+            ))),
+        }
+    }
+
+    /// Moves the group's position (stream), or acknowledges everything before the target and
+    /// makes everything from it pending again (queue).
     pub async fn seek(&self, name: &str, target: stream::SeekTarget) -> Result<(), BrokerError> {
         let subscription = self.subscription(name)?;
-        stream::seek(self, &subscription, target).await
+        match &subscription.group {
+            Group::Stream(group) => stream::seek(self, &subscription, group, target).await,
+            Group::Queue(group) => queue::seek(self, &subscription, group, target).await,
+        }
+    }
+
+    /// Queue only: moves up to `max` of this subscription's dead letters back into it.
+    pub async fn redrive(&self, name: &str, max: usize) -> Result<usize, BrokerError> {
+        let subscription = self.subscription(name)?;
+        match &subscription.group {
+            Group::Queue(_) => queue::redrive(self, &subscription, max).await,
+            Group::Stream(_) => Err(BrokerError::Invalid(format!(
+                "{name:?} is a stream subscription: redrive is for queue subscriptions and their dead-letter topics"
+            ))),
+        }
     }
 
     /// Statistics of a subscription.
-    pub fn subscription_stats(&self, subscription: &Subscription) -> stream::StreamStats {
-        stream::stats(self, subscription)
+    pub async fn subscription_stats(&self, subscription: &Subscription) -> SubscriptionStats {
+        match &subscription.group {
+            Group::Stream(group) => {
+                SubscriptionStats::Stream(stream::stats(self, subscription, group))
+            }
+            Group::Queue(group) => {
+                SubscriptionStats::Queue(queue::stats(self, subscription, group).await)
+            }
+        }
     }
+
+    /// Queue only: leases `consumer` holds now, and a future that resolves when the group's
+    /// state changes (for the SSE stream).
+    pub fn queue_leases(&self, subscription: &Subscription, consumer: &str) -> Option<usize> {
+        match &subscription.group {
+            Group::Queue(group) => Some(queue::leased_by(group, consumer)),
+            Group::Stream(_) => None,
+        }
+    }
+
+    /// Resolves when a queue subscription's state changes (or at once for a stream).
+    pub async fn queue_changed(&self, subscription: &Subscription) {
+        if let Group::Queue(group) = &subscription.group {
+            queue::changed(group).await;
+        }
+    }
+}
+
+/// True when a queue subscription reads `topic` (by its patterns, or as its redrive topic).
+fn queue_covers(broker: &Broker, subscription: &Subscription, topic: &Topic) -> bool {
+    topic.name() == queue::redrive_topic(&subscription.name)
+        || broker
+            .partitions_of(&subscription.spec)
+            .iter()
+            .any(|(covered, _)| covered.record.id == topic.record.id)
 }
 
 /// A live tail: appends to matching topics, from the moment it was made.

@@ -4,6 +4,8 @@
 //!
 //! The map:
 //! - [`broker`]: [`Broker`], the one entry point the HTTP layer calls.
+//! - [`queue`]: queue subscriptions: leases, acks, retries with backoff, dead letters, redrive,
+//!   per-key ordering, filters ([`filter`]), all with bounded memory.
 //! - [`stream`]: stream subscriptions: assignment of partitions to consumers, fetch and committed
 //!   positions, acks as commits, seek, statistics.
 //! - [`store`]: the storage boundary ([`Store`]) and Herald's own implementation on
@@ -17,9 +19,11 @@
 pub mod broker;
 pub mod dedup;
 pub mod duration;
+pub mod filter;
 pub mod meta;
 pub mod murmur2;
 pub mod names;
+pub mod queue;
 pub mod receipt;
 pub mod store;
 pub mod stream;
@@ -27,6 +31,6 @@ pub mod subscription;
 
 pub use broker::{
     Broker, BrokerConfig, BrokerError, EventToPublish, Published, ReadFrom, ReadOutcome,
-    StoredEvent, Subscription, Tail, Topic, TopicInfo, TopicSettings,
+    StoredEvent, Subscription, SubscriptionStats, Tail, Topic, TopicInfo, TopicSettings,
 };
 pub use store::{LocalStore, Store, StoreError};

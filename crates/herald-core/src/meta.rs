@@ -12,12 +12,24 @@ const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscr
 /// (subscription id, topic id, partition) → the next offset to deliver (the group's commit).
 const POSITIONS: TableDefinition<(u64, u64, u32), u64> = TableDefinition::new("positions");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+/// Queue subscriptions: (subscription, topic, partition, offset) of events done (acked or
+/// dead-lettered) above the partition's floor (the floor itself is in `POSITIONS`).
+const QUEUE_DONE: TableDefinition<(u64, u64, u32, u64), ()> = TableDefinition::new("queue_done");
+/// Queue subscriptions: events waiting for a retry: → (attempts so far, not before, ms).
+const QUEUE_RETRY: TableDefinition<(u64, u64, u32, u64), (u32, u64)> =
+    TableDefinition::new("queue_retry");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 /// An error of the metadata database.
 #[derive(Debug, thiserror::Error)]
 #[error("metadata store: {0}")]
 pub struct MetaError(String);
+
+impl MetaError {
+    pub fn from_text(text: String) -> Self {
+        MetaError(text)
+    }
+}
 
 fn meta_error(error: impl std::fmt::Display) -> MetaError {
     MetaError(error.to_string())
@@ -68,6 +80,29 @@ pub struct ServiceRecord {
     pub last_seen_ms: u64,
 }
 
+/// Durable changes of queue subscriptions, or their whole stored state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueChanges {
+    /// (topic, partition, floor): every offset below the floor is done.
+    pub floors: Vec<(u64, u32, u64)>,
+    /// (topic, partition, offset) done above the floor.
+    pub done: Vec<(u64, u32, u64)>,
+    /// (topic, partition, offset, attempts so far, not before ms) waiting for a retry.
+    pub retries: Vec<(u64, u32, u64, u32, u64)>,
+    /// (topic, partition, floor) set exactly, forgetting every done and retry row of the
+    /// partition (a seek). Applied before everything else.
+    pub resets: Vec<(u64, u32, u64)>,
+}
+
+impl QueueChanges {
+    pub fn is_empty(&self) -> bool {
+        self.floors.is_empty()
+            && self.done.is_empty()
+            && self.retries.is_empty()
+            && self.resets.is_empty()
+    }
+}
+
 /// The metadata database.
 #[derive(Debug)]
 pub struct MetaStore {
@@ -88,6 +123,8 @@ impl MetaStore {
             transaction.open_table(POSITIONS)?;
             transaction.open_table(SERVICES)?;
             transaction.open_table(SETTINGS)?;
+            transaction.open_table(QUEUE_DONE)?;
+            transaction.open_table(QUEUE_RETRY)?;
             Ok(())
         })?;
         Ok(store)
@@ -233,6 +270,25 @@ impl MetaStore {
             for key in doomed {
                 positions.remove(key)?;
             }
+            let range = (id, 0, 0, 0)..=(id, u64::MAX, u32::MAX, u64::MAX);
+            let mut done = transaction.open_table(QUEUE_DONE)?;
+            let doomed: Vec<_> = done
+                .range(range.clone())?
+                .filter_map(|entry| entry.ok())
+                .map(|(key, _)| key.value())
+                .collect();
+            for key in doomed {
+                done.remove(key)?;
+            }
+            let mut retry = transaction.open_table(QUEUE_RETRY)?;
+            let doomed: Vec<_> = retry
+                .range(range)?
+                .filter_map(|entry| entry.ok())
+                .map(|(key, _)| key.value())
+                .collect();
+            for key in doomed {
+                retry.remove(key)?;
+            }
             Ok(())
         })
     }
@@ -267,6 +323,122 @@ impl MetaStore {
             }
             Ok(())
         })
+    }
+
+    /// Applies the changes of many queue operations (of any subscriptions) in one transaction.
+    pub fn apply_queue_changes(&self, batches: &[(u64, QueueChanges)]) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            let mut floors = transaction.open_table(POSITIONS)?;
+            let mut done = transaction.open_table(QUEUE_DONE)?;
+            let mut retry = transaction.open_table(QUEUE_RETRY)?;
+            for (subscription, changes) in batches {
+                let subscription = *subscription;
+                for (topic, partition, floor) in &changes.resets {
+                    floors.insert((subscription, *topic, *partition), *floor)?;
+                    let all = (subscription, *topic, *partition, 0)
+                        ..=(subscription, *topic, *partition, u64::MAX);
+                    let stale: Vec<_> = done
+                        .range(all.clone())?
+                        .filter_map(|entry| entry.ok())
+                        .map(|(key, _)| key.value())
+                        .collect();
+                    for key in stale {
+                        done.remove(key)?;
+                    }
+                    let stale: Vec<_> = retry
+                        .range(all)?
+                        .filter_map(|entry| entry.ok())
+                        .map(|(key, _)| key.value())
+                        .collect();
+                    for key in stale {
+                        retry.remove(key)?;
+                    }
+                }
+                // Floors only move forward here: concurrent acks may reach this transaction in
+                // any order, and the highest floor is the true one.
+                let mut effective: std::collections::HashMap<(u64, u32), u64> =
+                    std::collections::HashMap::new();
+                for (topic, partition, floor) in &changes.floors {
+                    let stored = floors
+                        .get((subscription, *topic, *partition))?
+                        .map(|value| value.value())
+                        .unwrap_or(0);
+                    let floor = stored.max(*floor);
+                    floors.insert((subscription, *topic, *partition), floor)?;
+                    effective.insert((*topic, *partition), floor);
+                    let below = (subscription, *topic, *partition, 0)
+                        ..(subscription, *topic, *partition, floor);
+                    let stale: Vec<_> = done
+                        .range(below.clone())?
+                        .filter_map(|entry| entry.ok())
+                        .map(|(key, _)| key.value())
+                        .collect();
+                    for key in stale {
+                        done.remove(key)?;
+                    }
+                    let stale: Vec<_> = retry
+                        .range(below)?
+                        .filter_map(|entry| entry.ok())
+                        .map(|(key, _)| key.value())
+                        .collect();
+                    for key in stale {
+                        retry.remove(key)?;
+                    }
+                }
+                let below_floor = |topic: u64, partition: u32, offset: u64| {
+                    effective
+                        .get(&(topic, partition))
+                        .is_some_and(|floor| offset < *floor)
+                };
+                for (topic, partition, offset) in &changes.done {
+                    retry.remove((subscription, *topic, *partition, *offset))?;
+                    if !below_floor(*topic, *partition, *offset) {
+                        done.insert((subscription, *topic, *partition, *offset), ())?;
+                    }
+                }
+                for (topic, partition, offset, attempts, not_before_ms) in &changes.retries {
+                    if !below_floor(*topic, *partition, *offset) {
+                        retry.insert(
+                            (subscription, *topic, *partition, *offset),
+                            (*attempts, *not_before_ms),
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The stored state of a queue subscription: floors, done offsets and retries.
+    pub fn queue_state(&self, subscription: u64) -> Result<QueueChanges, MetaError> {
+        let transaction = self.begin_read()?;
+        let mut state = QueueChanges::default();
+        let floors = transaction.open_table(POSITIONS).map_err(meta_error)?;
+        for entry in floors
+            .range((subscription, 0, 0)..=(subscription, u64::MAX, u32::MAX))
+            .map_err(meta_error)?
+        {
+            let (key, value) = entry.map_err(meta_error)?;
+            let (_, topic, partition) = key.value();
+            state.floors.push((topic, partition, value.value()));
+        }
+        let range = (subscription, 0, 0, 0)..=(subscription, u64::MAX, u32::MAX, u64::MAX);
+        let done = transaction.open_table(QUEUE_DONE).map_err(meta_error)?;
+        for entry in done.range(range.clone()).map_err(meta_error)? {
+            let (key, _) = entry.map_err(meta_error)?;
+            let (_, topic, partition, offset) = key.value();
+            state.done.push((topic, partition, offset));
+        }
+        let retry = transaction.open_table(QUEUE_RETRY).map_err(meta_error)?;
+        for entry in retry.range(range).map_err(meta_error)? {
+            let (key, value) = entry.map_err(meta_error)?;
+            let (_, topic, partition, offset) = key.value();
+            let (attempts, not_before_ms) = value.value();
+            state
+                .retries
+                .push((topic, partition, offset, attempts, not_before_ms));
+        }
+        Ok(state)
     }
 
     pub fn services(&self) -> Result<Vec<ServiceRecord>, MetaError> {

@@ -12,6 +12,7 @@ use sha2::Sha256;
 
 const VERSION: u8 = 1;
 const KIND_STREAM: u8 = 1;
+const KIND_QUEUE: u8 = 2;
 const BODY_BYTES: usize = 1 + 1 + 8 + 8 + 4 + 8 + 8;
 const MAC_BYTES: usize = 12;
 
@@ -63,9 +64,22 @@ impl ReceiptKey {
     }
 
     pub fn sign_stream(&self, receipt: &StreamReceipt) -> String {
+        self.sign(KIND_STREAM, receipt)
+    }
+
+    /// A queue receipt: `epoch` names the lease (see `queue`).
+    pub fn sign_queue(&self, receipt: &StreamReceipt) -> String {
+        self.sign(KIND_QUEUE, receipt)
+    }
+
+    pub fn verify_queue(&self, text: &str) -> Option<StreamReceipt> {
+        self.verify(KIND_QUEUE, text)
+    }
+
+    fn sign(&self, kind: u8, receipt: &StreamReceipt) -> String {
         let mut bytes = Vec::with_capacity(BODY_BYTES + MAC_BYTES);
         bytes.push(VERSION);
-        bytes.push(KIND_STREAM);
+        bytes.push(kind);
         bytes.extend_from_slice(&receipt.subscription_id.to_le_bytes());
         bytes.extend_from_slice(&receipt.topic_id.to_le_bytes());
         bytes.extend_from_slice(&receipt.partition.to_le_bytes());
@@ -78,11 +92,15 @@ impl ReceiptKey {
 
     /// The receipt a string names, if Herald issued it; `None` for anything else.
     pub fn verify_stream(&self, text: &str) -> Option<StreamReceipt> {
+        self.verify(KIND_STREAM, text)
+    }
+
+    fn verify(&self, kind: u8, text: &str) -> Option<StreamReceipt> {
         if text.len() > 128 {
             return None;
         }
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        if bytes.len() != BODY_BYTES + MAC_BYTES || bytes[0] != VERSION || bytes[1] != KIND_STREAM {
+        if bytes.len() != BODY_BYTES + MAC_BYTES || bytes[0] != VERSION || bytes[1] != kind {
             return None;
         }
         let (body, mac) = bytes.split_at(BODY_BYTES);

@@ -24,7 +24,9 @@ use herald_log::{
 };
 use tokio::sync::watch;
 
-use crate::meta::{MetaError, MetaStore, ServiceRecord, SubscriptionRecord, TopicRecord};
+use crate::meta::{
+    MetaError, MetaStore, QueueChanges, ServiceRecord, SubscriptionRecord, TopicRecord,
+};
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -120,6 +122,16 @@ pub trait Store: Send + Sync + Debug + 'static {
         positions: Vec<(u64, u32, u64)>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Stores changes of a queue subscription's state (done events, floors, retries); returns once
+    /// they are durable. Concurrent calls share one transaction.
+    fn commit_queue_changes(
+        &self,
+        subscription_id: u64,
+        changes: QueueChanges,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The stored state of a queue subscription.
+    fn queue_state(&self, subscription_id: u64) -> Result<QueueChanges, StoreError>;
+
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
     fn put_service(&self, service: ServiceRecord) -> BoxFuture<'_, Result<(), StoreError>>;
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -144,8 +156,47 @@ struct LocalInner {
     data_dir: PathBuf,
     storage: Arc<dyn Storage>,
     log_config: LogConfig,
-    meta: MetaStore,
+    meta: Arc<MetaStore>,
     partitions: RwLock<HashMap<(u64, u32), PartitionLog>>,
+    /// The queue-state committer: one thread that writes whatever has queued up in one
+    /// transaction (group commit for acks). `None` once closed.
+    queue_commits: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<QueueCommit>>>,
+}
+
+type QueueCommit = (
+    u64,
+    QueueChanges,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+/// Most queue-state changes waiting for the committer; more callers wait for room.
+const QUEUE_COMMITS_QUEUED_MAX: usize = 4096;
+/// Most changes the committer puts in one transaction.
+const QUEUE_COMMITS_PER_TRANSACTION_MAX: usize = 512;
+
+fn run_queue_committer(
+    meta: Arc<MetaStore>,
+    mut commits: tokio::sync::mpsc::Receiver<QueueCommit>,
+) {
+    while let Some(first) = commits.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < QUEUE_COMMITS_PER_TRANSACTION_MAX {
+            match commits.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<(u64, QueueChanges)> = group
+            .iter_mut()
+            .map(|(subscription, changes, _)| (*subscription, std::mem::take(changes)))
+            .collect();
+        let result = meta
+            .apply_queue_changes(&batches)
+            .map_err(|error| error.to_string());
+        for (_, _, reply) in group {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 fn topic_directory(data_dir: &Path, topic_id: u64) -> PathBuf {
@@ -191,6 +242,14 @@ impl LocalStore {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
+        let meta = Arc::new(meta);
+        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE_COMMITS_QUEUED_MAX);
+        {
+            let meta = meta.clone();
+            std::thread::Builder::new()
+                .name("herald-queue-commit".into())
+                .spawn(move || run_queue_committer(meta, receiver))?;
+        }
         Ok(Self {
             inner: Arc::new(LocalInner {
                 data_dir: data_dir.to_owned(),
@@ -198,6 +257,7 @@ impl LocalStore {
                 log_config,
                 meta,
                 partitions: RwLock::new(partitions),
+                queue_commits: std::sync::Mutex::new(Some(sender)),
             }),
         })
     }
@@ -393,6 +453,38 @@ impl Store for LocalStore {
         }))
     }
 
+    fn commit_queue_changes(
+        &self,
+        subscription_id: u64,
+        changes: QueueChanges,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let sender = self
+            .inner
+            .queue_commits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Box::pin(async move {
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let sender = sender.ok_or_else(|| StoreError::Worker("the store is closed".into()))?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            sender
+                .send((subscription_id, changes, reply))
+                .await
+                .map_err(|_| StoreError::Worker("the queue committer stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| StoreError::Worker("the queue committer stopped".into()))?
+                .map_err(|error| StoreError::Meta(MetaError::from_text(error)))
+        })
+    }
+
+    fn queue_state(&self, subscription_id: u64) -> Result<QueueChanges, StoreError> {
+        Ok(self.inner.meta.queue_state(subscription_id)?)
+    }
+
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         Ok(self.inner.meta.services()?)
     }
@@ -436,6 +528,12 @@ impl Store for LocalStore {
         for log in logs {
             log.close()?;
         }
+        // Dropping the sender ends the committer thread once it has written what is queued.
+        self.inner
+            .queue_commits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         self.inner.meta.close();
         Ok(())
     }

@@ -228,11 +228,11 @@ struct Plan {
 pub(crate) async fn pull(
     broker: &Broker,
     subscription: &Subscription,
+    group: &StreamGroup,
     consumer: &str,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Delivery>, BrokerError> {
-    let group = &subscription.group;
     let timeout = Duration::from_millis(subscription.spec.ack_timeout_ms);
     let deadline = Instant::now() + wait;
     {
@@ -244,7 +244,16 @@ pub(crate) async fn pull(
         });
         member.pulling += 1;
     }
-    let result = pull_until_deadline(broker, subscription, consumer, max, deadline, timeout).await;
+    let result = pull_until_deadline(
+        broker,
+        subscription,
+        group,
+        consumer,
+        max,
+        deadline,
+        timeout,
+    )
+    .await;
     {
         let mut state = lock(&group.state);
         if let Some(member) = state.members.get_mut(consumer) {
@@ -259,12 +268,12 @@ pub(crate) async fn pull(
 async fn pull_until_deadline(
     broker: &Broker,
     subscription: &Subscription,
+    group: &StreamGroup,
     consumer: &str,
     max: usize,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Vec<Delivery>, BrokerError> {
-    let group = &subscription.group;
     loop {
         if group.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::SubscriptionNotFound(subscription.name.clone()));
@@ -424,9 +433,9 @@ async fn pull_until_deadline(
 pub(crate) async fn ack(
     broker: &Broker,
     subscription: &Subscription,
+    group: &StreamGroup,
     receipts: &[String],
 ) -> Result<Vec<AckStatus>, BrokerError> {
-    let group = &subscription.group;
     let _commit = group.commit_lock.lock().await;
     let mut statuses = Vec::with_capacity(receipts.len());
     let mut commits: BTreeMap<PartitionKey, (u64, u64)> = BTreeMap::new();
@@ -481,17 +490,14 @@ pub(crate) async fn ack(
     Ok(statuses)
 }
 
-pub(crate) async fn seek(
+/// The position `target` names on each of `covered`'s partitions (one, for an offset target).
+pub(crate) async fn seek_positions(
     broker: &Broker,
-    subscription: &Subscription,
-    target: SeekTarget,
-) -> Result<(), BrokerError> {
-    let group = &subscription.group;
-    let _pull = group.pull_lock.lock().await;
-    let _commit = group.commit_lock.lock().await;
-    let covered = broker.partitions_of(&subscription.spec);
+    covered: &[(Arc<Topic>, u32)],
+    target: &SeekTarget,
+) -> Result<Vec<(u64, u32, u64)>, BrokerError> {
     let mut positions = Vec::new();
-    match &target {
+    match target {
         SeekTarget::Offset {
             topic,
             partition,
@@ -533,7 +539,7 @@ pub(crate) async fn seek(
             positions.push((found.record.id, *number, *offset));
         }
         SeekTarget::Earliest | SeekTarget::Latest | SeekTarget::Time(_) => {
-            for (topic, partition) in &covered {
+            for (topic, partition) in covered {
                 let info = broker.store.partition_info(topic.record.id, *partition)?;
                 let offset = match target {
                     SeekTarget::Earliest => info.start_offset,
@@ -541,7 +547,7 @@ pub(crate) async fn seek(
                     SeekTarget::Time(timestamp_ms) => {
                         broker
                             .store
-                            .offset_for_timestamp(topic.record.id, *partition, timestamp_ms)
+                            .offset_for_timestamp(topic.record.id, *partition, *timestamp_ms)
                             .await?
                     }
                     SeekTarget::Offset { .. } => unreachable!("handled above"),
@@ -550,6 +556,19 @@ pub(crate) async fn seek(
             }
         }
     }
+    Ok(positions)
+}
+
+pub(crate) async fn seek(
+    broker: &Broker,
+    subscription: &Subscription,
+    group: &StreamGroup,
+    target: SeekTarget,
+) -> Result<(), BrokerError> {
+    let _pull = group.pull_lock.lock().await;
+    let _commit = group.commit_lock.lock().await;
+    let covered = broker.partitions_of(&subscription.spec);
+    let positions = seek_positions(broker, &covered, &target).await?;
     broker
         .store
         .commit_positions(subscription.id, positions.clone())
@@ -571,9 +590,13 @@ pub(crate) async fn seek(
     Ok(())
 }
 
-pub(crate) fn stats(broker: &Broker, subscription: &Subscription) -> StreamStats {
+pub(crate) fn stats(
+    broker: &Broker,
+    subscription: &Subscription,
+    group: &StreamGroup,
+) -> StreamStats {
     let covered = broker.partitions_of(&subscription.spec);
-    let state = lock(&subscription.group.state);
+    let state = lock(&group.state);
     let mut stats = StreamStats {
         delivered: state.delivered,
         acked: state.acked,

@@ -12,10 +12,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
+use herald_core::queue::Settle;
 use herald_core::stream::{AckStatus, Delivery, SeekTarget};
 use herald_core::subscription::{Mode, Ordering, Retry, Start, SubscriptionSpec};
 use herald_core::{
-    Broker, BrokerError, EventToPublish, ReadFrom, StoredEvent, TopicSettings, duration, names,
+    Broker, BrokerError, EventToPublish, ReadFrom, StoredEvent, SubscriptionStats as CoreStats,
+    TopicSettings, duration, names,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -548,9 +550,49 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-fn subscription_dto(broker: &Broker, subscription: &herald_core::Subscription) -> SubscriptionDto {
+async fn subscription_dto(
+    broker: &Broker,
+    subscription: &herald_core::Subscription,
+) -> SubscriptionDto {
     let spec = &subscription.spec;
-    let stats = broker.subscription_stats(subscription);
+    let stats = match broker.subscription_stats(subscription).await {
+        CoreStats::Stream(stats) => SubscriptionStats {
+            backlog: stats.backlog,
+            in_flight: stats.in_flight,
+            delivered: stats.delivered,
+            acked: stats.acked,
+            redelivered: 0,
+            dead_lettered: 0,
+            oldest_pending_age: None,
+            consumers: stats
+                .consumers
+                .into_iter()
+                .map(|consumer| ConsumerDto {
+                    name: consumer.name,
+                    partitions: consumer
+                        .partitions
+                        .into_iter()
+                        .map(|(topic, partition)| format!("{topic}/{partition}"))
+                        .collect(),
+                    last_seen: format_rfc3339(consumer.last_seen_ms),
+                })
+                .collect(),
+            push: None,
+        },
+        CoreStats::Queue(stats) => SubscriptionStats {
+            backlog: stats.backlog,
+            in_flight: stats.in_flight,
+            delivered: stats.delivered,
+            acked: stats.acked,
+            redelivered: stats.redelivered,
+            dead_lettered: stats.dead_lettered,
+            oldest_pending_age: stats
+                .oldest_pending_age_ms
+                .map(|age| duration::format_duration(Duration::from_millis(age))),
+            consumers: Vec::new(),
+            push: None,
+        },
+    };
     SubscriptionDto {
         name: subscription.name.clone(),
         topics: spec.topics.clone(),
@@ -575,28 +617,7 @@ fn subscription_dto(broker: &Broker, subscription: &herald_core::Subscription) -
         },
         push: spec.push.clone(),
         created: format_rfc3339(subscription.created_ms),
-        stats: SubscriptionStats {
-            backlog: stats.backlog,
-            in_flight: stats.in_flight,
-            delivered: stats.delivered,
-            acked: stats.acked,
-            redelivered: 0,
-            dead_lettered: 0,
-            consumers: stats
-                .consumers
-                .into_iter()
-                .map(|consumer| ConsumerDto {
-                    name: consumer.name,
-                    partitions: consumer
-                        .partitions
-                        .into_iter()
-                        .map(|(topic, partition)| format!("{topic}/{partition}"))
-                        .collect(),
-                    last_seen: format_rfc3339(consumer.last_seen_ms),
-                })
-                .collect(),
-            push: None,
-        },
+        stats,
     }
 }
 
@@ -705,18 +726,17 @@ pub async fn put_subscription(
     };
     Ok(json_response(
         status,
-        &subscription_dto(broker, &subscription),
+        &subscription_dto(broker, &subscription).await,
     ))
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList)))]
 pub async fn list_subscriptions(State(app): State<Arc<App>>) -> Result<Response> {
     let broker = app.broker()?;
-    let subscriptions = broker
-        .list_subscriptions()
-        .iter()
-        .map(|subscription| subscription_dto(broker, subscription))
-        .collect();
+    let mut subscriptions = Vec::new();
+    for subscription in broker.list_subscriptions() {
+        subscriptions.push(subscription_dto(broker, &subscription).await);
+    }
     Ok(json_response(
         StatusCode::OK,
         &SubscriptionList { subscriptions },
@@ -733,7 +753,7 @@ pub async fn get_subscription(
     let subscription = broker.subscription(&name)?;
     Ok(json_response(
         StatusCode::OK,
-        &subscription_dto(broker, &subscription),
+        &subscription_dto(broker, &subscription).await,
     ))
 }
 
@@ -867,8 +887,25 @@ pub async fn ack(
     Ok(json_response(StatusCode::OK, &ReceiptsResponse { results }))
 }
 
-/// nack, extend and reject are queue-only; every subscription of this version is a stream.
-async fn queue_only(
+fn statuses_response(receipts: Vec<String>, statuses: Vec<AckStatus>) -> Response {
+    let results = receipts
+        .into_iter()
+        .zip(statuses)
+        .map(|(receipt, status)| ReceiptResult {
+            receipt,
+            status: match status {
+                AckStatus::Ok => "ok",
+                AckStatus::Stale => "stale",
+                AckStatus::Unknown => "unknown",
+            }
+            .into(),
+        })
+        .collect();
+    json_response(StatusCode::OK, &ReceiptsResponse { results })
+}
+
+/// nack, extend and reject: queue subscriptions only.
+async fn settle(
     app: Arc<App>,
     name: String,
     headers: HeaderMap,
@@ -877,17 +914,48 @@ async fn queue_only(
 ) -> Result<Response> {
     let broker = app.broker()?;
     let request = receipts_request(&headers, body)?;
-    for (field, value) in [("delay", &request.delay), ("by", &request.by)] {
-        if let Some(text) = value {
-            parse_duration_field(field, text)?;
+    let action = match what {
+        "nack" => {
+            if request.by.is_some() || request.reason.is_some() {
+                return Err(Problem::bad_request(
+                    "nack takes \"receipts\" and an optional \"delay\"",
+                ));
+            }
+            Settle::Nack {
+                delay: request
+                    .delay
+                    .as_deref()
+                    .map(|text| parse_duration_field("delay", text))
+                    .transpose()?,
+            }
         }
-    }
-    let subscription = broker.subscription(&name)?;
-    Err(Problem::bad_request(format!(
-        "{what} is for queue subscriptions; {:?} is a {} subscription (commit with ack, move with seek)",
-        subscription.name,
-        mode_name(subscription.spec.mode)
-    )))
+        "extend" => {
+            if request.delay.is_some() || request.reason.is_some() {
+                return Err(Problem::bad_request("extend takes \"receipts\" and \"by\""));
+            }
+            let by = request
+                .by
+                .as_deref()
+                .ok_or_else(|| Problem::bad_request("extend needs \"by\", such as \"30s\""))?;
+            Settle::Extend {
+                by: parse_duration_field("by", by)?,
+            }
+        }
+        _ => {
+            if request.delay.is_some() || request.by.is_some() {
+                return Err(Problem::bad_request(
+                    "reject takes \"receipts\" and an optional \"reason\"",
+                ));
+            }
+            let reason = request.reason.unwrap_or_else(|| "no reason given".into());
+            if reason.len() > 1024 {
+                return Err(Problem::bad_request("reason is longer than 1024 bytes"));
+            }
+            Settle::Reject { reason }
+        }
+    };
+    let statuses = broker.settle(&name, &request.receipts, action).await?;
+    Ok(statuses_response(request.receipts, statuses))
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/nack", tag = "subscriptions", params(("name" = String, Path)),
@@ -898,7 +966,7 @@ pub async fn nack(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    queue_only(app, name, headers, body, "nack").await
+    settle(app, name, headers, body, "nack").await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/extend", tag = "subscriptions", params(("name" = String, Path)),
@@ -909,7 +977,7 @@ pub async fn extend(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    queue_only(app, name, headers, body, "extend").await
+    settle(app, name, headers, body, "extend").await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/reject", tag = "subscriptions", params(("name" = String, Path)),
@@ -920,11 +988,11 @@ pub async fn reject(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    queue_only(app, name, headers, body, "reject").await
+    settle(app, name, headers, body, "reject").await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/redrive", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = RedriveRequest, responses((status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+    request_body = RedriveRequest, responses((status = 200, body = RedriveResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
 pub async fn redrive(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -934,13 +1002,14 @@ pub async fn redrive(
     let broker = app.broker()?;
     let body = body_bytes(body)?;
     let request: RedriveRequest = json_body(&headers, &body, true)?;
-    check_limit("max", request.max, 1000)?;
-    let subscription = broker.subscription(&name)?;
-    Err(Problem::bad_request(format!(
-        "redrive is for queue subscriptions and their dead-letter topics; {:?} is a {} subscription",
-        subscription.name,
-        mode_name(subscription.spec.mode)
-    )))
+    let max = check_limit("max", request.max, 1000)?;
+    let redriven = broker.redrive(&name, max as usize).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RedriveResponse {
+            redriven: redriven as u64,
+        },
+    ))
 }
 
 fn seek_target(to: &serde_json::Value) -> Result<SeekTarget> {
@@ -994,6 +1063,79 @@ pub async fn seek(
     let target = seek_target(&request.to)?;
     broker.seek(&name, target).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Most unacknowledged deliveries on this stream at once (1–1000, default 100).
+    pub max_in_flight: Option<u32>,
+    /// The consumer name of this stream (a generated one if absent).
+    pub consumer: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions/{name}/events", tag = "subscriptions", params(("name" = String, Path), EventsQuery),
+    responses((status = 200, description = "text/event-stream; each message's id is the receipt, its data a delivery", body = DeliveryDto), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+pub async fn subscription_events(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    events_query: std::result::Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
+    let broker = app.broker()?.clone();
+    let request = query(events_query)?;
+    let max_in_flight = check_limit("max_in_flight", request.max_in_flight, 100)? as usize;
+    let subscription = broker.subscription(&name)?;
+    if broker.queue_leases(&subscription, "").is_none() {
+        return Err(Problem::bad_request(format!(
+            "{name:?} is a stream subscription; pushed deliveries (SSE) are for queue subscriptions, pull a stream"
+        )));
+    }
+    let consumer = match request.consumer {
+        Some(consumer) => {
+            names::check_topic_name(&consumer).map_err(|_| {
+                Problem::bad_request(format!("consumer {consumer:?} is not a valid name"))
+            })?;
+            consumer
+        }
+        None => format!("sse-{}", ulid::Ulid::new()),
+    };
+    let shutdown = app.shutdown.clone();
+    let deliveries = stream::unfold((broker, name, consumer, shutdown), move |(broker, name, consumer, mut shutdown)| async move {
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            let Ok(subscription) = broker.subscription(&name) else { return None };
+            let leased = broker.queue_leases(&subscription, &consumer).unwrap_or(0);
+            if leased >= max_in_flight {
+                // Full: wait for an ack (or an expiry) to make room.
+                tokio::select! {
+                    () = broker.queue_changed(&subscription) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => return None,
+                }
+                continue;
+            }
+            let pulled = tokio::select! {
+                pulled = broker.pull(&name, &consumer, max_in_flight - leased, Duration::from_secs(20), None) => pulled,
+                _ = shutdown.wait_for(|stopping| *stopping) => return None,
+            };
+            match pulled {
+                Ok(deliveries) if deliveries.is_empty() => continue,
+                Ok(deliveries) => return Some((deliveries, (broker, name, consumer, shutdown))),
+                Err(_) => return None,
+            }
+        }
+    })
+    .flat_map(|deliveries| {
+        stream::iter(deliveries.into_iter().map(|delivery| {
+            let mut data = Vec::with_capacity(delivery.event.event.len() + 256);
+            write_delivery(&mut data, &delivery);
+            Ok(SseEvent::default().id(delivery.receipt.clone()).data(String::from_utf8(data).unwrap_or_default()))
+        }))
+    });
+    Ok(Sse::new(deliveries).keep_alive(KeepAlive::default()))
 }
 
 /// The 404 for paths that are not part of the API.

@@ -198,6 +198,9 @@ pub struct SubscriptionStats {
     pub acked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+    /// Queue: how long the oldest event not yet done has been waiting (`null` when none is).
+    pub oldest_pending_age: Option<String>,
+    /// Stream: the group's members and their partitions.
     pub consumers: Vec<ConsumerDto>,
     pub push: Option<PushStats>,
 }
@@ -295,6 +298,12 @@ pub struct SeekRequest {
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RedriveResponse {
+    /// Events moved back into the subscription.
+    pub redriven: u64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

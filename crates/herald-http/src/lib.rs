@@ -121,6 +121,10 @@ pub fn router(app: Arc<App>, body_bytes_max: usize) -> Router {
                 .delete(api::delete_subscription),
         )
         .route("/v1/subscriptions/{name}/pull", post(api::pull))
+        .route(
+            "/v1/subscriptions/{name}/events",
+            get(api::subscription_events),
+        )
         .route("/v1/subscriptions/{name}/ack", post(api::ack))
         .route("/v1/subscriptions/{name}/nack", post(api::nack))
         .route("/v1/subscriptions/{name}/extend", post(api::extend))

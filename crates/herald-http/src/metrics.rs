@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use herald_core::SubscriptionStats;
 use herald_log::SYNC_BUCKETS_MICROS;
 
 use crate::api::App;
@@ -99,25 +100,40 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             "Events moved to the dead-letter topic.",
         ),
     ];
-    let stats: Vec<_> = subscriptions
-        .iter()
-        .map(|subscription| {
-            (
-                subscription.name.clone(),
-                broker.subscription_stats(subscription),
-            )
-        })
-        .collect();
+    let mut stats = Vec::with_capacity(subscriptions.len());
+    for subscription in &subscriptions {
+        // (backlog, in flight, delivered, acked, redelivered, dead lettered)
+        let numbers = match broker.subscription_stats(subscription).await {
+            SubscriptionStats::Stream(stats) => (
+                stats.backlog,
+                stats.in_flight,
+                stats.delivered,
+                stats.acked,
+                0,
+                0,
+            ),
+            SubscriptionStats::Queue(stats) => (
+                stats.backlog,
+                stats.in_flight,
+                stats.delivered,
+                stats.acked,
+                stats.redelivered,
+                stats.dead_lettered,
+            ),
+        };
+        stats.push((subscription.name.clone(), numbers));
+    }
     for (name, kind, help) in gauges {
         let _ = writeln!(out, "# HELP herald_subscription_{name} {help}");
         let _ = writeln!(out, "# TYPE herald_subscription_{name} {kind}");
         for (subscription, stats) in &stats {
             let value = match name {
-                "backlog" => stats.backlog,
-                "in_flight" => stats.in_flight,
-                "delivered_total" => stats.delivered,
-                "acked_total" => stats.acked,
-                _ => 0,
+                "backlog" => stats.0,
+                "in_flight" => stats.1,
+                "delivered_total" => stats.2,
+                "acked_total" => stats.3,
+                "redelivered_total" => stats.4,
+                _ => stats.5,
             };
             let _ = writeln!(
                 out,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use herald_core::stream::AckStatus;
 use herald_core::subscription::{Mode, Start, SubscriptionSpec};
-use herald_core::{Broker, BrokerConfig, EventToPublish, LocalStore, TopicSettings};
+use herald_core::{
+    Broker, BrokerConfig, EventToPublish, LocalStore, SubscriptionStats, TopicSettings,
+};
 use herald_log::{LogConfig, OsStorage};
 
 async fn broker(directory: &std::path::Path) -> Arc<Broker> {
@@ -44,6 +46,16 @@ fn stream_spec(topic: &str, ack_timeout_ms: u64) -> SubscriptionSpec {
         start: Start::Earliest,
         ack_timeout_ms,
         ..SubscriptionSpec::with_defaults("group", vec![topic.to_owned()])
+    }
+}
+
+async fn stream_stats(broker: &Broker) -> herald_core::stream::StreamStats {
+    match broker
+        .subscription_stats(&broker.subscription("group").unwrap())
+        .await
+    {
+        SubscriptionStats::Stream(stats) => stats,
+        SubscriptionStats::Queue(_) => panic!("a stream subscription"),
     }
 }
 
@@ -102,7 +114,7 @@ async fn a_consumer_silent_for_longer_than_ack_timeout_loses_its_partitions() {
         "a's two partitions come to b from their committed positions"
     );
     assert!(now_owned.is_disjoint(&b_partitions));
-    let stats = broker.subscription_stats(&broker.subscription("group").unwrap());
+    let stats = stream_stats(&broker).await;
     assert_eq!(stats.consumers.len(), 1);
     assert_eq!(stats.consumers[0].partitions.len(), 4);
     // a's late ack is stale: its partition has moved.
@@ -153,6 +165,6 @@ async fn a_consumer_within_ack_timeout_keeps_its_partitions() {
         .unwrap();
     let statuses = broker.ack("group", &[kept], None).await.unwrap();
     assert_eq!(statuses, [AckStatus::Ok], "a still owns partition 0");
-    let stats = broker.subscription_stats(&broker.subscription("group").unwrap());
+    let stats = stream_stats(&broker).await;
     assert_eq!(stats.consumers.len(), 2);
 }

@@ -2,3 +2,4 @@
 //! directory, with the clock paused where time matters.
 
 mod groups;
+mod queues;

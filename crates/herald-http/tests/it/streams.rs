@@ -349,10 +349,27 @@ async fn subscription_requests_are_idempotent_and_malformed_ones_are_refused() {
             answer.body
         );
     }
-    let queue = server
-        .put_json("/v1/subscriptions/q", json!({"topics": ["a"]}))
+    let push = server
+        .put_json(
+            "/v1/subscriptions/q",
+            json!({"topics": ["a"], "push": {"url": "http://127.0.0.1:1/"}}),
+        )
         .await;
-    assert!(queue.problem(501).contains("queue subscriptions"));
+    assert!(push.problem(501).contains("push"));
+    let stream_filter = server
+        .put_json(
+            "/v1/subscriptions/q",
+            json!({"topics": ["a"], "mode": "stream", "filter": {"exact": {"type": "x"}}}),
+        )
+        .await;
+    assert!(stream_filter.problem(400).contains("queue subscriptions"));
+    let bad_filter = server
+        .put_json(
+            "/v1/subscriptions/q",
+            json!({"topics": ["a"], "filter": {"sql": "1"}}),
+        )
+        .await;
+    assert!(bad_filter.problem(400).contains("invalid filter"));
 
     for (path, body) in [
         ("pull", json!({"max": 0})),

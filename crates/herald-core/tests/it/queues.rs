@@ -1,0 +1,549 @@
+//! Queue subscriptions with a paused clock: leases, expiry, stale acks, backoff, dead letters,
+//! redrive, key ordering, filters, durability across a reopen.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::queue::Settle;
+use herald_core::stream::{AckStatus, Delivery, SeekTarget};
+use herald_core::subscription::{Mode, Ordering, Retry, Start, SubscriptionSpec};
+use herald_core::{
+    Broker, BrokerConfig, EventToPublish, LocalStore, ReadFrom, SubscriptionStats, TopicSettings,
+};
+use herald_log::{LogConfig, OsStorage};
+use serde_json::{Value, json};
+
+async fn broker(directory: &std::path::Path) -> Arc<Broker> {
+    let store = LocalStore::open(directory, LogConfig::default(), OsStorage::shared()).unwrap();
+    Broker::open(Arc::new(store), BrokerConfig::default())
+        .await
+        .unwrap()
+}
+
+/// Publishes events `{"id": id, "type": type, "partitionkey": key}` to `topic`.
+async fn publish(broker: &Broker, topic: &str, events: &[(&str, &str, Option<&str>)]) {
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|(id, event_type, key)| {
+            let mut event =
+                json!({"specversion": "1.0", "id": id, "source": "/test", "type": event_type});
+            if let Some(key) = key {
+                event["partitionkey"] = json!(key);
+            }
+            serde_json::to_vec(&event).unwrap()
+        })
+        .collect();
+    let to_publish: Vec<EventToPublish<'_>> = events
+        .iter()
+        .zip(&bodies)
+        .map(|((id, event_type, key), body)| EventToPublish {
+            id: Cow::Borrowed(id),
+            source: Cow::Borrowed("/test"),
+            event_type: Cow::Borrowed(event_type),
+            partition_key: key.map(Cow::Borrowed),
+            body,
+        })
+        .collect();
+    broker.publish(topic, &to_publish, None).await.unwrap();
+}
+
+fn queue_spec(name: &str, topic: &str) -> SubscriptionSpec {
+    SubscriptionSpec {
+        mode: Mode::Queue,
+        start: Start::Earliest,
+        ack_timeout_ms: 30_000,
+        max_deliveries: 3,
+        retry: Retry {
+            initial_ms: 1_000,
+            max_ms: 60_000,
+            multiplier: 2.0,
+        },
+        ..SubscriptionSpec::with_defaults(name, vec![topic.to_owned()])
+    }
+}
+
+async fn pull(broker: &Broker, name: &str, consumer: &str, max: usize) -> Vec<Delivery> {
+    broker
+        .pull(name, consumer, max, Duration::ZERO, None)
+        .await
+        .unwrap()
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| {
+            let event: Value = serde_json::from_slice(&delivery.event.event).unwrap();
+            event["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn receipts(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| delivery.receipt.clone())
+        .collect()
+}
+
+async fn queue_stats(broker: &Broker, name: &str) -> herald_core::queue::QueueStats {
+    match broker
+        .subscription_stats(&broker.subscription(name).unwrap())
+        .await
+    {
+        SubscriptionStats::Queue(stats) => stats,
+        SubscriptionStats::Stream(_) => panic!("a queue subscription"),
+    }
+}
+
+async fn setup(directory: &std::path::Path, spec: SubscriptionSpec) -> Arc<Broker> {
+    let broker = broker(directory).await;
+    broker
+        .create_topic("jobs", TopicSettings::default())
+        .await
+        .unwrap();
+    broker.create_subscription("workers", spec).await.unwrap();
+    tokio::time::pause();
+    broker
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_leased_event_goes_to_no_one_else_until_its_lease_expires_then_comes_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+    publish(&broker, "jobs", &[("a", "job", None), ("b", "job", None)]).await;
+    let first = pull(&broker, "workers", "w1", 10).await;
+    assert_eq!(ids(&first), ["a", "b"]);
+    assert!(first.iter().all(|delivery| delivery.attempt == 1));
+    assert!(
+        pull(&broker, "workers", "w2", 10).await.is_empty(),
+        "leased: not handed out again"
+    );
+    assert_eq!(queue_stats(&broker, "workers").await.in_flight, 2);
+    // Ack one; let the other's lease run out.
+    assert_eq!(
+        broker
+            .ack(
+                "workers",
+                &first[..1]
+                    .iter()
+                    .map(|d| d.receipt.clone())
+                    .collect::<Vec<_>>(),
+                None
+            )
+            .await
+            .unwrap(),
+        [AckStatus::Ok]
+    );
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(
+        pull(&broker, "workers", "w2", 10).await.is_empty(),
+        "expired, but waits out its backoff (at least half of 1s)"
+    );
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let again = pull(&broker, "workers", "w2", 10).await;
+    assert_eq!(ids(&again), ["b"], "only the unacked one comes back");
+    assert_eq!(again[0].attempt, 2);
+    // The first lease's receipt is stale now; an unknown one is unknown.
+    let statuses = broker
+        .ack(
+            "workers",
+            &[
+                first[1].receipt.clone(),
+                "nonsense".into(),
+                first[0].receipt.clone(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses,
+        [AckStatus::Stale, AckStatus::Unknown, AckStatus::Stale]
+    );
+    assert_eq!(
+        broker
+            .ack("workers", &receipts(&again), None)
+            .await
+            .unwrap(),
+        [AckStatus::Ok]
+    );
+    let stats = queue_stats(&broker, "workers").await;
+    assert_eq!(
+        (
+            stats.backlog,
+            stats.in_flight,
+            stats.delivered,
+            stats.acked,
+            stats.redelivered
+        ),
+        (0, 0, 3, 2, 1)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn nack_with_a_delay_or_with_backoff_and_extend() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+    publish(
+        &broker,
+        "jobs",
+        &[("a", "job", None), ("b", "job", None), ("c", "job", None)],
+    )
+    .await;
+    let leased = pull(&broker, "workers", "w", 10).await;
+    let [a, b, c] = [&leased[0], &leased[1], &leased[2]];
+    let nacked = broker
+        .settle(
+            "workers",
+            std::slice::from_ref(&a.receipt),
+            Settle::Nack {
+                delay: Some(Duration::from_secs(10)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(nacked, [AckStatus::Ok]);
+    broker
+        .settle(
+            "workers",
+            std::slice::from_ref(&b.receipt),
+            Settle::Nack { delay: None },
+        )
+        .await
+        .unwrap();
+    broker
+        .settle(
+            "workers",
+            std::slice::from_ref(&c.receipt),
+            Settle::Extend {
+                by: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap();
+    // Backoff after the first attempt: between 0.5s and 1s (initial 1s with equal jitter).
+    tokio::time::advance(Duration::from_millis(499)).await;
+    assert!(pull(&broker, "workers", "w", 10).await.is_empty());
+    tokio::time::advance(Duration::from_millis(502)).await;
+    assert_eq!(ids(&pull(&broker, "workers", "w", 10).await), ["b"]);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let after_delay = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&after_delay), ["a"]);
+    assert_eq!(after_delay[0].attempt, 2);
+    // c's lease was extended to 90s: still valid at 40s.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(
+        broker
+            .ack("workers", std::slice::from_ref(&c.receipt), None)
+            .await
+            .unwrap(),
+        [AckStatus::Ok]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_max_deliveries_th_failure_and_a_reject_dead_letter_and_redrive_brings_them_back_here_only()
+ {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+    broker
+        .create_subscription("auditors", queue_spec("auditors", "jobs"))
+        .await
+        .unwrap();
+    publish(
+        &broker,
+        "jobs",
+        &[("poison", "job", None), ("bad", "job", None)],
+    )
+    .await;
+    let first = pull(&broker, "workers", "w", 10).await;
+    broker
+        .settle(
+            "workers",
+            &[first[1].receipt.clone()],
+            Settle::Reject {
+                reason: "cannot parse".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut poison = first[0].clone();
+    for attempt in 1..=3 {
+        assert_eq!(poison.attempt, attempt);
+        broker
+            .settle(
+                "workers",
+                &[poison.receipt.clone()],
+                Settle::Nack {
+                    delay: Some(Duration::ZERO),
+                },
+            )
+            .await
+            .unwrap();
+        let next = pull(&broker, "workers", "w", 10).await;
+        if attempt < 3 {
+            poison = next[0].clone();
+        } else {
+            assert!(
+                next.is_empty(),
+                "dead-lettered after its third failed attempt"
+            );
+        }
+    }
+    let stats = queue_stats(&broker, "workers").await;
+    assert_eq!(
+        (stats.dead_lettered, stats.backlog, stats.in_flight),
+        (2, 0, 0)
+    );
+    let dead = broker
+        .read("workers.dlq", 0, ReadFrom::Offset(0), 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let dead: Vec<Value> = dead
+        .events
+        .iter()
+        .map(|event| serde_json::from_slice(&event.event).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["id"], "bad");
+    assert_eq!(dead[0]["deadletterreason"], "rejected: cannot parse");
+    assert_eq!(dead[0]["deadlettersubscription"], "workers");
+    assert_eq!(
+        (
+            dead[0]["origintopic"].clone(),
+            dead[0]["originpartition"].clone(),
+            dead[0]["originoffset"].clone()
+        ),
+        (json!("jobs"), json!(0), json!(1))
+    );
+    assert!(
+        dead[1]["deadletterreason"]
+            .as_str()
+            .unwrap()
+            .starts_with("max_deliveries")
+    );
+    // Redrive: back into this subscription, not into the other one.
+    assert_eq!(broker.redrive("workers", 10).await.unwrap(), 2);
+    assert_eq!(
+        broker.redrive("workers", 10).await.unwrap(),
+        0,
+        "each dead letter is redriven once"
+    );
+    let redriven = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&redriven), ["bad", "poison"]);
+    assert_eq!(redriven[0].attempt, 1);
+    let auditors = pull(&broker, "auditors", "a", 10).await;
+    assert_eq!(
+        ids(&auditors),
+        ["poison", "bad"],
+        "the other subscription sees only the originals"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_key_ordering_one_event_per_key_is_out_at_a_time_in_offset_order() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        ordering: Ordering::Key,
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup(directory.path(), spec).await;
+    publish(
+        &broker,
+        "jobs",
+        &[
+            ("k1-a", "job", Some("k1")),
+            ("k2-a", "job", Some("k2")),
+            ("k1-b", "job", Some("k1")),
+            ("none", "job", None),
+            ("k1-c", "job", Some("k1")),
+        ],
+    )
+    .await;
+    let first = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(
+        ids(&first),
+        ["k1-a", "k2-a", "none"],
+        "different keys in parallel, one per key"
+    );
+    // A nacked k1-a keeps k1-b waiting (the next one waits for the previous one's ack).
+    broker
+        .settle(
+            "workers",
+            &[first[0].receipt.clone()],
+            Settle::Nack {
+                delay: Some(Duration::ZERO),
+            },
+        )
+        .await
+        .unwrap();
+    let second = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&second), ["k1-a"]);
+    broker
+        .ack("workers", &receipts(&second), None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&pull(&broker, "workers", "w", 10).await), ["k1-b"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_the_filter_refuses_are_skipped() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        filter: Some(
+            json!({"any": [{"prefix": {"type": "order."}}, {"exact": {"id": "special"}}]}),
+        ),
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup(directory.path(), spec).await;
+    publish(
+        &broker,
+        "jobs",
+        &[
+            ("1", "order.created", None),
+            ("2", "payment.taken", None),
+            ("special", "other", None),
+            ("4", "order.paid", None),
+        ],
+    )
+    .await;
+    let delivered = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&delivered), ["1", "special", "4"]);
+    broker
+        .ack("workers", &receipts(&delivered), None)
+        .await
+        .unwrap();
+    assert_eq!(queue_stats(&broker, "workers").await.backlog, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acks_survive_a_reopen_and_unacked_events_come_back() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+        publish(
+            &broker,
+            "jobs",
+            &[
+                ("1", "t", None),
+                ("2", "t", None),
+                ("3", "t", None),
+                ("4", "t", None),
+            ],
+        )
+        .await;
+        let delivered = pull(&broker, "workers", "w", 10).await;
+        // Out of order: 2 and 4 acked, 1 nacked (a retry row), 3 left leased.
+        broker
+            .ack(
+                "workers",
+                &[delivered[1].receipt.clone(), delivered[3].receipt.clone()],
+                None,
+            )
+            .await
+            .unwrap();
+        broker
+            .settle(
+                "workers",
+                &[delivered[0].receipt.clone()],
+                Settle::Nack {
+                    delay: Some(Duration::ZERO),
+                },
+            )
+            .await
+            .unwrap();
+        broker.shutdown().await.unwrap();
+    }
+    let broker = broker(directory.path()).await;
+    let again = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(
+        ids(&again),
+        ["1", "3"],
+        "acked events never again; the others all come back"
+    );
+    assert_eq!(again[0].attempt, 2, "a nack's attempt count is durable");
+    broker
+        .ack("workers", &receipts(&again), None)
+        .await
+        .unwrap();
+    broker.shutdown().await.unwrap();
+    let broker = self::broker(directory.path()).await;
+    assert!(pull(&broker, "workers", "w", 10).await.is_empty());
+    assert_eq!(queue_stats(&broker, "workers").await.backlog, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn seek_acknowledges_before_the_target_and_makes_the_rest_pending_again() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+    publish(
+        &broker,
+        "jobs",
+        &[("1", "t", None), ("2", "t", None), ("3", "t", None)],
+    )
+    .await;
+    let delivered = pull(&broker, "workers", "w", 10).await;
+    broker
+        .ack("workers", &receipts(&delivered), None)
+        .await
+        .unwrap();
+    broker
+        .seek(
+            "workers",
+            SeekTarget::Offset {
+                topic: None,
+                partition: 0,
+                offset: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&pull(&broker, "workers", "w", 10).await), ["2", "3"]);
+    broker.seek("workers", SeekTarget::Latest).await.unwrap();
+    assert!(pull(&broker, "workers", "w", 10).await.is_empty());
+    assert_eq!(
+        queue_stats(&broker, "workers").await.in_flight,
+        0,
+        "leases before a seek are void"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_backlog_is_read_through_a_bounded_window() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup(directory.path(), queue_spec("workers", "jobs")).await;
+    let count = herald_core::queue::WINDOW_EVENTS_MAX as usize + 500;
+    let ids_owned: Vec<String> = (0..count).map(|n| n.to_string()).collect();
+    for chunk in ids_owned.chunks(1000) {
+        let events: Vec<(&str, &str, Option<&str>)> =
+            chunk.iter().map(|id| (id.as_str(), "t", None)).collect();
+        publish(&broker, "jobs", &events).await;
+    }
+    // The first event stays leased: the window stops growing at WINDOW_EVENTS_MAX past it.
+    let stuck = pull(&broker, "workers", "stuck", 1).await;
+    let mut delivered = 1;
+    loop {
+        let batch = pull(&broker, "workers", "w", 1000).await;
+        if batch.is_empty() {
+            break;
+        }
+        delivered += batch.len();
+        broker
+            .ack("workers", &receipts(&batch), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        delivered as u64,
+        herald_core::queue::WINDOW_EVENTS_MAX,
+        "held back by the stuck event"
+    );
+    broker
+        .ack("workers", &receipts(&stuck), None)
+        .await
+        .unwrap();
+    let rest = pull(&broker, "workers", "w", 1000).await;
+    assert_eq!(rest.len(), 500, "the rest flows once the floor moves");
+}
