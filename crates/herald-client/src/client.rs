@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::error::{ClientError, decode_problem};
 use crate::model::{
     AckResponse, Delivery, PublishResult, PullRequest, PullResponse, ReadQuery, ReadResponse,
-    Services, Subscription, SubscriptionList, TailEvent, Topic, TopicList,
+    RedriveResponse, Services, Subscription, SubscriptionList, TailEvent, Topic, TopicList,
 };
 use crate::sse::{SseMessage, SseParser};
 
@@ -347,18 +347,21 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/subscriptions/{name}/reject`: move to the dead-letter topic now.
+    /// `POST /v1/subscriptions/{name}/reject`: move to the dead-letter topic now. The `reason`
+    /// is kept with the dead-lettered event (`deadletterreason: rejected: <reason>`); without one
+    /// the server says none was given.
     pub async fn reject(
         &self,
         name: &str,
         receipts: &[String],
-        reason: &str,
+        reason: Option<&str>,
     ) -> Result<AckResponse, ClientError> {
-        self.post(
-            &["v1", "subscriptions", name, "reject"],
-            &json!({ "receipts": receipts, "reason": reason }),
-        )
-        .await
+        let mut body = json!({ "receipts": receipts });
+        if let Some(reason) = reason {
+            body["reason"] = Value::from(reason);
+        }
+        self.post(&["v1", "subscriptions", name, "reject"], &body)
+            .await
     }
 
     /// `POST /v1/subscriptions/{name}/seek`; `to` is `"earliest"`, `"latest"`, an RFC 3339 time
@@ -370,9 +373,13 @@ impl Client {
     }
 
     /// `POST /v1/subscriptions/{name}/redrive`: move up to `max` events from the dead-letter
-    /// topic back into this subscription (the server's default when `None`). Returns the server's
-    /// answer (`null` when it has no body).
-    pub async fn redrive(&self, name: &str, max: Option<u32>) -> Result<Value, ClientError> {
+    /// topic back into this subscription only (the server's default when `None`). Returns how
+    /// many were moved.
+    pub async fn redrive(
+        &self,
+        name: &str,
+        max: Option<u32>,
+    ) -> Result<RedriveResponse, ClientError> {
         let body = match max {
             Some(max) => json!({ "max": max }),
             None => json!({}),

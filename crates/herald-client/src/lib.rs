@@ -33,9 +33,9 @@ pub mod sse;
 pub use client::{CONNECT_TIMEOUT, Client, SERVICE_HEADER};
 pub use error::ClientError;
 pub use model::{
-    AckResponse, Delivery, PartitionInfo, Problem, PublishResult, PublishedEvent, PullRequest,
-    PullResponse, ReadQuery, ReadResponse, ReceiptResult, Retention, RetrySettings, Service,
-    Services, StoredEvent, Subscription, SubscriptionList, SubscriptionSettings, SubscriptionStats,
-    TailEvent, Topic, TopicList, TopicSettings,
+    AckResponse, Consumer, Delivery, PartitionInfo, Problem, PublishResult, PublishedEvent,
+    PullRequest, PullResponse, ReadQuery, ReadResponse, ReceiptResult, RedriveResponse, Retention,
+    RetrySettings, Service, Services, StoredEvent, Subscription, SubscriptionList,
+    SubscriptionSettings, SubscriptionStats, TailEvent, Topic, TopicList, TopicSettings,
 };
 pub use sse::SseMessage;

@@ -211,12 +211,31 @@ pub struct SubscriptionStats {
     pub redelivered: u64,
     #[serde(default)]
     pub dead_lettered: u64,
-    /// The consumers seen recently; their shape is the server's to choose.
+    /// Queue mode: how long the oldest event not yet done has been waiting, a duration string;
+    /// `None` when no event is pending (and in stream mode).
     #[serde(default)]
-    pub consumers: Vec<Value>,
+    pub oldest_pending_age: Option<String>,
+    /// Stream mode: the group's members that pulled recently, and their partitions.
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
     /// Webhook state (`state`, `last_error`) for push subscriptions.
     #[serde(default)]
     pub push: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One member of a stream subscription's consumer group, in [`SubscriptionStats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Consumer {
+    #[serde(default)]
+    pub name: String,
+    /// The partitions it owns, as `topic/partition`.
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    /// RFC 3339: its last pull.
+    #[serde(default)]
+    pub last_seen: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -274,6 +293,15 @@ pub struct AckResponse {
 pub struct ReceiptResult {
     pub receipt: String,
     pub status: String,
+}
+
+/// The answer to `POST /v1/subscriptions/{name}/redrive`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedriveResponse {
+    /// How many events moved from the dead-letter topic back into the subscription.
+    pub redriven: u64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// `GET /v1/services`.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_log::{AppendError, BatchBuilder, ReadError, RetentionPolicy};
+use herald_log::{AppendError, BatchBuilder, EncodedBatch, ReadError, RetentionPolicy};
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::dedup::{DedupIndex, DedupKey, KeyHasher, Lookup};
@@ -59,7 +59,13 @@ pub enum BrokerError {
     #[error("{0}")]
     NotImplemented(String),
     #[error("storage failure: {0}")]
-    Storage(#[from] StoreError),
+    Storage(StoreError),
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(error: StoreError) -> Self {
+        from_store(error)
+    }
 }
 
 impl From<AppendError> for BrokerError {
@@ -75,6 +81,10 @@ impl From<AppendError> for BrokerError {
 
 fn from_store(error: StoreError) -> BrokerError {
     match error {
+        // The topic was deleted while the request was in flight.
+        StoreError::NoSuchPartition { .. } | StoreError::Append(AppendError::Closed) => {
+            BrokerError::TopicNotFound("(deleted while the request was in flight)".into())
+        }
         StoreError::Append(append) => append.into(),
         other => BrokerError::Storage(other),
     }
@@ -100,6 +110,13 @@ impl Default for TopicSettings {
         }
     }
 }
+
+/// Most topic names or patterns in one subscription.
+pub const SUBSCRIPTION_TOPICS_MAX: usize = 100;
+/// Longest `ack_timeout`.
+pub const ACK_TIMEOUT_MAX_MS: u64 = 12 * 3600 * 1000;
+/// Most services the registry remembers; later ones are not recorded.
+pub const SERVICES_MAX: usize = 10_000;
 
 /// Most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 1024;
@@ -131,23 +148,44 @@ impl Default for BrokerConfig {
 #[derive(Debug)]
 pub struct Topic {
     pub record: TopicRecord,
+    /// Shared by every version of the topic (growing its partitions makes a new `Topic` with
+    /// the same runtime), so deduplication and counters carry over.
+    runtime: Arc<TopicRuntime>,
+}
+
+#[derive(Debug)]
+struct TopicRuntime {
     dedup: Mutex<DedupIndex>,
     dedup_resolved: Notify,
     round_robin: AtomicU32,
-    pub published_events: AtomicU64,
-    pub published_bytes: AtomicU64,
+    published_events: AtomicU64,
+    published_bytes: AtomicU64,
 }
 
 impl Topic {
     fn new(record: TopicRecord, dedup_entries_max: usize) -> Self {
         Self {
-            dedup: Mutex::new(DedupIndex::new(record.dedup_window_ms, dedup_entries_max)),
-            dedup_resolved: Notify::new(),
-            round_robin: AtomicU32::new(0),
-            published_events: AtomicU64::new(0),
-            published_bytes: AtomicU64::new(0),
+            runtime: Arc::new(TopicRuntime {
+                dedup: Mutex::new(DedupIndex::new(record.dedup_window_ms, dedup_entries_max)),
+                dedup_resolved: Notify::new(),
+                round_robin: AtomicU32::new(0),
+                published_events: AtomicU64::new(0),
+                published_bytes: AtomicU64::new(0),
+            }),
             record,
         }
+    }
+
+    /// The same topic with more partitions.
+    fn grown(&self, record: TopicRecord) -> Self {
+        Self {
+            record,
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    fn next_partition(&self) -> u32 {
+        self.runtime.round_robin.fetch_add(1, Ordering::Relaxed) % self.record.partitions
     }
 
     pub fn name(&self) -> &str {
@@ -287,6 +325,89 @@ pub enum SubscriptionStats {
     Queue(QueueStats),
 }
 
+/// One partition's frame of a publish, with the indexes of its events in the request.
+type PartitionBatch = (u32, EncodedBatch, Vec<usize>);
+
+/// Dedup keys a publish holds; released if the publish is dropped before its append starts.
+struct Reservation {
+    topic: Arc<Topic>,
+    keys: Vec<DedupKey>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        {
+            let mut dedup = lock(&self.topic.runtime.dedup);
+            for key in self.keys.drain(..) {
+                dedup.release(key);
+            }
+        }
+        self.topic.runtime.dedup_resolved.notify_waiters();
+    }
+}
+
+/// Appends every batch concurrently; returns (event index, position) of each stored event, and
+/// the first failure, if any (the other partitions' events are stored all the same).
+async fn append_batches(
+    store: Arc<dyn Store>,
+    appended: broadcast::Sender<Appended>,
+    topic: Arc<Topic>,
+    batches: Vec<PartitionBatch>,
+    bytes: u64,
+) -> (Vec<(usize, Published)>, Option<BrokerError>) {
+    let topic_id = topic.record.id;
+    let pending = batches.into_iter().map(|(partition, batch, indexes)| {
+        let store = store.clone();
+        async move {
+            (
+                partition,
+                indexes,
+                store.append(topic_id, partition, batch).await,
+            )
+        }
+    });
+    let mut stored = Vec::new();
+    let mut failure = None;
+    for (partition, indexes, result) in futures_util::future::join_all(pending).await {
+        match result {
+            Ok(info) => {
+                let _ = appended.send(Appended {
+                    topic: topic.clone(),
+                    partition,
+                    base_offset: info.base_offset,
+                    end_offset: info.end_offset,
+                });
+                for (number, index) in indexes.into_iter().enumerate() {
+                    let offset = info.base_offset + number as u64;
+                    stored.push((
+                        index,
+                        Published {
+                            partition,
+                            offset,
+                            duplicate: false,
+                        },
+                    ));
+                }
+            }
+            Err(error) => failure = Some(from_store(error)),
+        }
+    }
+    topic
+        .runtime
+        .published_events
+        .fetch_add(stored.len() as u64, Ordering::Relaxed);
+    if failure.is_none() {
+        topic
+            .runtime
+            .published_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+    (stored, failure)
+}
+
 /// Bytes a record adds around an event's body and header values (record fields, header names).
 const RECORD_BYTES_ESTIMATE: usize = 24 + 3 * 8 + 16;
 
@@ -409,7 +530,7 @@ impl Broker {
                 if read.records.is_empty() {
                     break;
                 }
-                let mut index = lock(&topic.dedup);
+                let mut index = lock(&topic.runtime.dedup);
                 for record in &read.records {
                     if let (Some(source), Some(id)) = (
                         record.headers.get(HEADER_SOURCE),
@@ -488,12 +609,19 @@ impl Broker {
                 self.create_topic_unchecked(topic_name, settings).await?.0
             }
         };
-        let not_duplicates = vec![None; events.len()];
-        let not_repeated = vec![None; events.len()];
-        let partition = topic.round_robin.fetch_add(1, Ordering::Relaxed) % topic.record.partitions;
-        let stored = self
-            .append_reserved(&topic, events, &not_duplicates, &not_repeated, partition)
-            .await?;
+        let (batches, bytes) =
+            self.encode_batches(&topic, events, |_| true, topic.next_partition())?;
+        let (stored, failure) = append_batches(
+            self.store.clone(),
+            self.appended.clone(),
+            topic.clone(),
+            batches,
+            bytes,
+        )
+        .await;
+        if let Some(error) = failure {
+            return Err(error);
+        }
         let mut positions = vec![
             Published {
                 partition: 0,
@@ -598,8 +726,7 @@ impl Broker {
                 ..existing.record.clone()
             };
             self.store.put_topic(record.clone()).await?;
-            let grown = Arc::new(Topic::new(record, self.config.dedup_entries_max));
-            self.rebuild_dedup(&grown).await?;
+            let grown = Arc::new(existing.grown(record));
             self.topics
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -659,8 +786,8 @@ impl Broker {
         TopicInfo {
             record: topic.record.clone(),
             partitions,
-            published_events: topic.published_events.load(Ordering::Relaxed),
-            published_bytes: topic.published_bytes.load(Ordering::Relaxed),
+            published_events: topic.runtime.published_events.load(Ordering::Relaxed),
+            published_bytes: topic.runtime.published_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -720,8 +847,7 @@ impl Broker {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let partitions = topic.record.partitions;
-        let unkeyed_partition = topic.round_robin.fetch_add(1, Ordering::Relaxed) % partitions;
+        let unkeyed_partition = topic.next_partition();
         let keys: Vec<DedupKey> = events
             .iter()
             .map(|event| {
@@ -730,21 +856,26 @@ impl Broker {
             })
             .collect();
 
-        // Deduplicate: reserve every new key (in key order, see `dedup`), note the duplicates.
+        // Deduplicate: reserve every new key (in key order, see `dedup`; equal keys by input
+        // order, so the first occurrence is the one stored), note the duplicates.
         let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_unstable_by_key(|&index| keys[index]);
+        order.sort_unstable_by_key(|&index| (keys[index], index));
         let mut outcome: Vec<Option<Published>> = vec![None; events.len()];
         // For an event repeated within this call: the index of its first occurrence.
         let mut same_as: Vec<Option<usize>> = vec![None; events.len()];
-        let mut reserved: Vec<DedupKey> = Vec::new();
+        // Released again if this call is dropped (the client went away) before the append starts.
+        let mut reservation = Reservation {
+            topic: topic.clone(),
+            keys: Vec::new(),
+        };
         let mut at = 0;
         while at < order.len() {
             // Registered before looking, so a release between the look and the wait is not missed.
-            let resolved = topic.dedup_resolved.notified();
+            let resolved = topic.runtime.dedup_resolved.notified();
             tokio::pin!(resolved);
             resolved.as_mut().enable();
             let blocked = {
-                let mut dedup = lock(&topic.dedup);
+                let mut dedup = lock(&topic.runtime.dedup);
                 dedup.prune(now_ms());
                 let mut blocked = false;
                 while at < order.len() {
@@ -755,7 +886,7 @@ impl Broker {
                         continue;
                     }
                     match dedup.lookup_or_reserve(keys[index]) {
-                        Lookup::Reserved => reserved.push(keys[index]),
+                        Lookup::Reserved => reservation.keys.push(keys[index]),
                         Lookup::Duplicate { partition, offset } => {
                             outcome[index] = Some(Published {
                                 partition,
@@ -779,27 +910,42 @@ impl Broker {
             }
         }
 
-        let result = self
-            .append_reserved(&topic, events, &outcome, &same_as, unkeyed_partition)
-            .await;
-        let now = now_ms();
-        {
-            let mut dedup = lock(&topic.dedup);
-            match &result {
-                Ok(stored) => {
-                    for (index, position) in stored {
-                        dedup.store(keys[*index], position.partition, position.offset, now);
-                    }
+        let (batches, bytes) = self.encode_batches(
+            &topic,
+            events,
+            |index| outcome[index].is_none() && same_as[index].is_none(),
+            unkeyed_partition,
+        )?;
+        // The appends and the bookkeeping of their outcome run in their own task: once started
+        // they finish, and every reserved key ends stored or released, even if this call is
+        // dropped meanwhile.
+        let store = self.store.clone();
+        let appended = self.appended.clone();
+        let task_topic = topic.clone();
+        let task = tokio::spawn(async move {
+            let (stored, failure) =
+                append_batches(store, appended, task_topic.clone(), batches, bytes).await;
+            {
+                let now = now_ms();
+                let mut dedup = lock(&task_topic.runtime.dedup);
+                for (index, position) in &stored {
+                    dedup.store(keys[*index], position.partition, position.offset, now);
                 }
-                Err(_) => {
-                    for key in &reserved {
-                        dedup.release(*key);
-                    }
+                // Keys of partitions that failed are free again; stored ones are not Pending.
+                for key in reservation.keys.drain(..) {
+                    dedup.release(key);
                 }
             }
+            task_topic.runtime.dedup_resolved.notify_waiters();
+            (stored, failure)
+        });
+        let (stored, failure) = task
+            .await
+            .map_err(|error| BrokerError::Storage(StoreError::Worker(error.to_string())))?;
+        if let Some(error) = failure {
+            return Err(error);
         }
-        topic.dedup_resolved.notify_waiters();
-        for (index, position) in result? {
+        for (index, position) in stored {
             outcome[index] = Some(position);
         }
         for index in 0..events.len() {
@@ -817,16 +963,15 @@ impl Broker {
             .collect())
     }
 
-    /// Encodes the events that need storing into one batch per partition, appends them all
-    /// concurrently, and returns (event index, position) for each stored event.
-    async fn append_reserved(
+    /// Encodes the events `include` selects into one batch frame per partition: (partition,
+    /// frame, indexes of its events in order), and their payload bytes.
+    fn encode_batches(
         &self,
-        topic: &Arc<Topic>,
+        topic: &Topic,
         events: &[EventToPublish<'_>],
-        outcome: &[Option<Published>],
-        same_as: &[Option<usize>],
+        include: impl Fn(usize) -> bool,
         unkeyed_partition: u32,
-    ) -> Result<Vec<(usize, Published)>, BrokerError> {
+    ) -> Result<(Vec<PartitionBatch>, u64), BrokerError> {
         let partitions = topic.record.partitions;
         let limits = self.store.batch_limits();
         let timestamp_ms = now_ms();
@@ -837,7 +982,7 @@ impl Broker {
         // Size each partition's frame up front, so encoding never reallocates.
         let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
         for (index, event) in events.iter().enumerate() {
-            if outcome[index].is_none() && same_as[index].is_none() {
+            if include(index) {
                 *sizes.entry(partition_of(event)).or_default() += event.body.len()
                     + event.id.len()
                     + event.source.len()
@@ -846,15 +991,14 @@ impl Broker {
                     + RECORD_BYTES_ESTIMATE;
             }
         }
-        // partition → (builder, indexes of its events in order)
-        let mut batches: BTreeMap<u32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
+        let mut builders: BTreeMap<u32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
         let mut bytes = 0u64;
         for (index, event) in events.iter().enumerate() {
-            if outcome[index].is_some() || same_as[index].is_some() {
+            if !include(index) {
                 continue;
             }
             let partition = partition_of(event);
-            let (builder, indexes) = batches.entry(partition).or_insert_with(|| {
+            let (builder, indexes) = builders.entry(partition).or_insert_with(|| {
                 let capacity = sizes.get(&partition).copied().unwrap_or(0) + 64;
                 (BatchBuilder::with_capacity(limits, capacity), Vec::new())
             });
@@ -874,52 +1018,14 @@ impl Broker {
             bytes += event.body.len() as u64;
             indexes.push(index);
         }
-        let mut pending = Vec::with_capacity(batches.len());
-        for (partition, (builder, indexes)) in batches {
+        let mut batches = Vec::with_capacity(builders.len());
+        for (partition, (builder, indexes)) in builders {
             let batch = builder
                 .finish()
                 .map_err(|error| BrokerError::Invalid(error.to_string()))?;
-            let store = self.store.clone();
-            let topic_id = topic.record.id;
-            pending.push(async move {
-                let appended = store.append(topic_id, partition, batch).await;
-                (partition, indexes, appended)
-            });
+            batches.push((partition, batch, indexes));
         }
-        let mut stored = Vec::new();
-        let mut failure = None;
-        for (partition, indexes, appended) in futures_util::future::join_all(pending).await {
-            match appended {
-                Ok(info) => {
-                    let _ = self.appended.send(Appended {
-                        topic: topic.clone(),
-                        partition,
-                        base_offset: info.base_offset,
-                        end_offset: info.end_offset,
-                    });
-                    for (number, index) in indexes.into_iter().enumerate() {
-                        let offset = info.base_offset + number as u64;
-                        stored.push((
-                            index,
-                            Published {
-                                partition,
-                                offset,
-                                duplicate: false,
-                            },
-                        ));
-                    }
-                }
-                Err(error) => failure = Some(from_store(error)),
-            }
-        }
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        topic
-            .published_events
-            .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        topic.published_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(stored)
+        Ok((batches, bytes))
     }
 
     fn check_partition(topic: &Topic, partition: u32) -> Result<(), BrokerError> {
@@ -1044,6 +1150,9 @@ impl Broker {
         }
         let changed = {
             let mut services = lock(&self.services);
+            if services.len() >= SERVICES_MAX && !services.contains_key(service) {
+                return;
+            }
             let record = services
                 .entry(service.to_owned())
                 .or_insert_with(|| ServiceRecord {
@@ -1184,6 +1293,22 @@ impl Broker {
         spec: SubscriptionSpec,
     ) -> Result<(Arc<Subscription>, bool), BrokerError> {
         names::check_subscription_name(name)?;
+        if names::is_internal(name) {
+            return Err(BrokerError::Invalid(format!(
+                "subscription names starting with '_' belong to Herald itself; choose another name than {name:?}"
+            )));
+        }
+        if spec.topics.len() > SUBSCRIPTION_TOPICS_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "a subscription names at most {SUBSCRIPTION_TOPICS_MAX} topics or patterns, not {}",
+                spec.topics.len()
+            )));
+        }
+        if spec.ack_timeout_ms == 0 || spec.ack_timeout_ms > ACK_TIMEOUT_MAX_MS {
+            return Err(BrokerError::Invalid(
+                "ack_timeout must be between 1ms and 12h".into(),
+            ));
+        }
         if spec.topics.is_empty() {
             return Err(BrokerError::Invalid(
                 "a subscription needs at least one topic name or pattern in \"topics\"".into(),

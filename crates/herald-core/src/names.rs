@@ -70,23 +70,33 @@ pub fn is_internal(name: &str) -> bool {
 }
 
 /// True when `topic` matches `pattern`: `*` matches exactly one segment, `#` zero or more.
+/// Runs in O(pattern segments × topic segments) whatever the pattern (no backtracking).
 pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
     let pattern: Vec<&str> = pattern.split('.').collect();
     let topic: Vec<&str> = topic.split('.').collect();
-    matches_segments(&pattern, &topic)
-}
-
-fn matches_segments(pattern: &[&str], topic: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => topic.is_empty(),
-        Some((&"#", rest)) => (0..=topic.len()).any(|skip| matches_segments(rest, &topic[skip..])),
-        Some((&first, rest)) => match topic.split_first() {
-            Some((&segment, topic_rest)) => {
-                (first == "*" || first == segment) && matches_segments(rest, topic_rest)
+    // matched[j]: the pattern's first i segments match the topic's first j segments.
+    let mut matched = vec![false; topic.len() + 1];
+    matched[0] = true;
+    for segment in &pattern {
+        let mut next = vec![false; topic.len() + 1];
+        match *segment {
+            "#" => {
+                // Zero or more: true from the first reachable position on.
+                let mut reachable = false;
+                for j in 0..=topic.len() {
+                    reachable |= matched[j];
+                    next[j] = reachable;
+                }
             }
-            None => false,
-        },
+            literal => {
+                for j in 1..=topic.len() {
+                    next[j] = matched[j - 1] && (literal == "*" || literal == topic[j - 1]);
+                }
+            }
+        }
+        matched = next;
     }
+    matched[topic.len()]
 }
 
 #[cfg(test)]
@@ -118,5 +128,16 @@ mod tests {
         assert!(pattern_matches("payments.captured", "payments.captured"));
         assert!(!pattern_matches("payments.captured", "payments.refunded"));
         assert!(pattern_matches("*.created.#", "orders.created"));
+        assert!(pattern_matches("#.#.b", "a.b"));
+        assert!(!pattern_matches("a.*", "b.c"));
+    }
+
+    #[test]
+    fn many_hash_segments_match_without_backtracking() {
+        // A backtracking matcher needs longer than the age of the universe for this one.
+        let pattern = format!("{}.zz", vec!["#"; 120].join("."));
+        let topic = "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t";
+        assert!(!pattern_matches(&pattern, topic));
+        assert!(pattern_matches(&pattern, &format!("{topic}.zz")));
     }
 }

@@ -313,6 +313,12 @@ impl Store for LocalStore {
                     opened.push((partition, log));
                 }
             }
+            // The new directories must be durable before the record that names them.
+            let directory = topic_directory(&inner.data_dir, topic.id);
+            if !opened.is_empty() {
+                inner.storage.sync_dir(&directory)?;
+                inner.storage.sync_dir(&inner.data_dir.join("topics"))?;
+            }
             inner.meta.put_topic(&topic)?;
             let mut partitions = inner
                 .partitions

@@ -109,6 +109,8 @@ struct GroupState {
     next_epoch: u64,
     delivered: u64,
     acked: u64,
+    /// When a partition's uncommitted deliveries were last handed out.
+    handed_out: HashMap<PartitionKey, Instant>,
     /// Rotates which partition a pull reads first, so one busy partition cannot starve others.
     rotation: usize,
 }
@@ -237,6 +239,11 @@ pub(crate) async fn pull(
     let deadline = Instant::now() + wait;
     {
         let mut state = lock(&group.state);
+        if !state.members.contains_key(consumer) && state.members.len() >= GROUP_MEMBERS_MAX {
+            return Err(BrokerError::Overloaded(format!(
+                "the group already has {GROUP_MEMBERS_MAX} consumers; reuse consumer names"
+            )));
+        }
         let member = state.members.entry(consumer.to_owned()).or_insert(Member {
             last_seen: Instant::now(),
             last_seen_ms: now_ms(),
@@ -244,7 +251,9 @@ pub(crate) async fn pull(
         });
         member.pulling += 1;
     }
-    let result = pull_until_deadline(
+    // Ends the pull in the group's eyes also when the request is dropped (the client went away).
+    let _pulling = Pulling { group, consumer };
+    pull_until_deadline(
         broker,
         subscription,
         group,
@@ -253,16 +262,26 @@ pub(crate) async fn pull(
         deadline,
         timeout,
     )
-    .await;
-    {
-        let mut state = lock(&group.state);
-        if let Some(member) = state.members.get_mut(consumer) {
-            member.pulling -= 1;
+    .await
+}
+
+/// Most consumers one stream group tracks at once.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+
+struct Pulling<'a> {
+    group: &'a StreamGroup,
+    consumer: &'a str,
+}
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.group.state);
+        if let Some(member) = state.members.get_mut(self.consumer) {
+            member.pulling = member.pulling.saturating_sub(1);
             member.last_seen = Instant::now();
             member.last_seen_ms = now_ms();
         }
     }
-    result
 }
 
 async fn pull_until_deadline(
@@ -310,9 +329,20 @@ async fn pull_until_deadline(
                     continue;
                 }
                 let epoch = owner.epoch;
+                let committed = committed_of(broker, &state, key);
+                // Deliveries not committed within ack_timeout of being handed out count as lost
+                // (a response that never reached the consumer): hand them out again.
+                let expired = state
+                    .handed_out
+                    .get(&key)
+                    .is_some_and(|handed_out| now.saturating_duration_since(*handed_out) > timeout);
+                if expired {
+                    state.fetch.remove(&key);
+                    state.handed_out.remove(&key);
+                }
                 let fetch = match state.fetch.get(&key) {
                     Some(fetch) => *fetch,
-                    None => committed_of(broker, &state, key),
+                    None => committed,
                 };
                 plans.push(Plan {
                     topic: topic.clone(),
@@ -331,7 +361,7 @@ async fn pull_until_deadline(
 
         let mut deliveries = Vec::new();
         let mut advanced: Vec<(PartitionKey, u64, u64)> = Vec::new();
-        let deadline_ms = now_ms() + subscription.spec.ack_timeout_ms;
+        let deadline_ms = now_ms().saturating_add(subscription.spec.ack_timeout_ms);
         let mut bytes = 0usize;
         for plan in &mut plans {
             if deliveries.len() >= max || bytes >= broker.config().response_bytes_max {
@@ -344,11 +374,15 @@ async fn pull_until_deadline(
                 .await
             {
                 Ok(read) => read,
-                Err(StoreError::Read(ReadError::OffsetOutOfRange { start_offset, .. }))
-                    if plan.fetch < start_offset =>
-                {
+                Err(StoreError::Read(ReadError::OffsetOutOfRange {
+                    start_offset,
+                    end_offset,
+                    ..
+                })) => {
                     // Retention passed the group's position: resume at the oldest retained event.
-                    plan.fetch = start_offset;
+                    // A position past the end (a crash under fsync never/interval lost the log's
+                    // tail but not the commit): resume at the end.
+                    plan.fetch = plan.fetch.clamp(start_offset, end_offset);
                     broker
                         .store
                         .read(key.0, key.1, plan.fetch, 1024 * 1024)

@@ -812,7 +812,9 @@ pub async fn pull(
                 .map_err(|_| Problem::bad_request(format!("consumer {consumer:?} is not a valid name (letters, digits, '.', '_', '-', up to 249)")))?;
             consumer
         }
-        None => format!("consumer-{}", ulid::Ulid::new()),
+        // Pulls without a name share one: the caller's service, or "anonymous". A fresh name per
+        // call would make every call a new group member holding partitions for ack_timeout.
+        None => service.clone().unwrap_or_else(|| "anonymous".to_owned()),
     };
     let pulled = broker.pull(&name, &consumer, max as usize, wait, service.as_deref());
     let deliveries = tokio::select! {

@@ -335,6 +335,41 @@ pub fn parse_structured<'a>(
     structured_event(raw.get(), limits)
 }
 
+/// A JSON array read up to `max + 1` elements and no further, so a huge array of tiny elements
+/// costs no more memory than the limit allows before it is refused.
+struct BoundedArray {
+    max: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for BoundedArray {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max + 1));
+        while let Some(value) = seq.next_element::<&'de RawValue>()? {
+            values.push(value);
+            if values.len() > self.max {
+                // Enough to answer 413; the rest is only skipped over, never kept in memory.
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(values);
+            }
+        }
+        Ok(values)
+    }
+}
+
 /// A batch (`application/cloudevents-batch+json`): a JSON array of structured events. An error
 /// names the index of the bad event.
 pub fn parse_batch<'a>(
@@ -343,7 +378,15 @@ pub fn parse_batch<'a>(
 ) -> Result<Vec<EventToPublish<'a>>, EventError> {
     let text = std::str::from_utf8(body)
         .map_err(|error| EventError::Invalid(format!("the body is not UTF-8: {error}")))?;
-    let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|error| {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let raws = de::DeserializeSeed::deserialize(
+        BoundedArray {
+            max: limits.batch_events_max as usize,
+        },
+        &mut deserializer,
+    )
+    .and_then(|raws| deserializer.end().map(|()| raws))
+    .map_err(|error| {
         EventError::Invalid(if error.is_data() {
             "a batch must be a JSON array of CloudEvents".to_owned()
         } else {
@@ -746,5 +789,21 @@ mod tests {
             error_text(build_from_json_data(b"{nope", "orders", None, "", &LIMITS))
                 .contains("JSON")
         );
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_array_of_tiny_elements_is_refused_as_too_large() {
+        let body = format!("[{}1]", "1,".repeat(100_000));
+        let limits = EventLimits {
+            event_bytes_max: 1024,
+            batch_events_max: 10,
+        };
+        let result = parse_batch(body.as_bytes(), &limits);
+        assert!(matches!(result, Err(EventError::TooLarge(_))), "{result:?}");
     }
 }

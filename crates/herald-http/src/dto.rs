@@ -258,10 +258,38 @@ pub struct PullResponse {
     pub deliveries: Vec<DeliveryDto>,
 }
 
+/// Reads at most `RECEIPTS_MAX + 1` receipts and skips the rest, so an absurd list costs no
+/// memory before it is refused.
+fn bounded_receipts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<String>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an array of receipt strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut receipts = Vec::new();
+            while receipts.len() <= crate::api::RECEIPTS_MAX {
+                match seq.next_element::<String>()? {
+                    Some(receipt) => receipts.push(receipt),
+                    None => return Ok(receipts),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(receipts)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
+}
+
 /// Body of ack, nack, extend and reject.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptsRequest {
+    #[serde(deserialize_with = "bounded_receipts")]
     pub receipts: Vec<String>,
     /// nack only.
     pub delay: Option<String>,

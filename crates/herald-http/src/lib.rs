@@ -137,13 +137,45 @@ pub fn router(app: Arc<App>, body_bytes_max: usize) -> Router {
         .with_state(app)
 }
 
-/// Opens the broker on `config.data_dir` (recovering every partition).
-pub async fn open_broker(config: &ServerConfig) -> anyhow::Result<Arc<Broker>> {
+/// The partition logs' settings for a server configuration: its record and batch limits leave
+/// room for the largest event the API accepts (base64 in binary mode grows it by a third, and
+/// each record carries its id, source and type), so a size problem is always the API's 413.
+pub fn log_config(config: &ServerConfig) -> anyhow::Result<LogConfig> {
+    let defaults = LogConfig::default();
+    let record_bytes_max = config
+        .event_bytes_max
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(defaults.record_bytes_max);
+    let batch_bytes_max = config
+        .body_bytes_max
+        .saturating_mul(2)
+        .saturating_add(1024 * 1024)
+        .max(record_bytes_max)
+        .min(u32::try_from(config.segment_bytes_max).unwrap_or(u32::MAX));
     let log_config = LogConfig {
         fsync: config.fsync,
         segment_bytes_max: config.segment_bytes_max,
-        ..LogConfig::default()
+        record_bytes_max: record_bytes_max.min(batch_bytes_max),
+        batch_bytes_max,
+        in_flight_bytes_max: defaults.in_flight_bytes_max.max(u64::from(batch_bytes_max)),
+        read_bytes_max: defaults.read_bytes_max.max(batch_bytes_max),
+        ..defaults
     };
+    log_config.validate().map_err(|error| {
+        anyhow::anyhow!(
+            "{error} (from segment_bytes_max {}, event_bytes_max {}, body_bytes_max {})",
+            config.segment_bytes_max,
+            config.event_bytes_max,
+            config.body_bytes_max
+        )
+    })?;
+    Ok(log_config)
+}
+
+/// Opens the broker on `config.data_dir` (recovering every partition).
+pub async fn open_broker(config: &ServerConfig) -> anyhow::Result<Arc<Broker>> {
+    let log_config = log_config(config)?;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || {
         LocalStore::open(&data_dir, log_config, OsStorage::shared())

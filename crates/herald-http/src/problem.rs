@@ -143,7 +143,7 @@ impl From<BrokerError> for Problem {
                 "disk-full",
                 "Insufficient storage",
                 format!(
-                    "{detail}; nothing of this request was stored in the partition that failed, and what was stored before is intact"
+                    "{detail}; the events of the partition that failed were not acknowledged (retry them: deduplication keeps those stored in other partitions from doubling), and what was stored before is intact"
                 ),
             ),
             BrokerError::NotImplemented(_) => Problem::new(

@@ -713,9 +713,11 @@ impl Inner {
             if let Err(error) = rolled {
                 // Fail the batch that needed the new segment, so its caller hears of it; later
                 // batches try again.
-                let failed = state.pending.pop_front().expect("still queued");
-                state.pending_bytes -= failed.batch.encoded_bytes() as u64;
-                state.outcomes.insert(failed.ticket, Err(error));
+                // (After a failed sync the log has failed every queued append already.)
+                if let Some(failed) = state.pending.pop_front() {
+                    state.pending_bytes -= failed.batch.encoded_bytes() as u64;
+                    state.outcomes.insert(failed.ticket, Err(error));
+                }
                 state.writing = false;
                 self.writer_changed.notify_all();
                 return state;
@@ -987,8 +989,18 @@ impl Inner {
         let next_base = state.written_end;
         let old_length = state.write_position;
         drop(state);
+        if let Err(error) = old_file.sync_data() {
+            // A failed fsync cannot be retried and trusted (see `recover_from_sync_failure`); the
+            // old segment's unsynced tail is in doubt, so the log stops until a reopen recovers.
+            tracing::error!(%error, "fsync while rolling failed; the log stops");
+            let mut state = lock(&self.writer);
+            state.syncing = false;
+            let error = Arc::new(error);
+            self.fail_everything(&mut state, error.clone());
+            self.writer_changed.notify_all();
+            return (state, Err(AppendError::Failed(error)));
+        }
         let result = (|| -> io::Result<Arc<dyn StorageFile>> {
-            old_file.sync_data()?;
             let index = old.with_loaded_index(|index| index.clone());
             for file in segment::write_index_files(self.storage.as_ref(), &old, &index)? {
                 file.sync_data()?;

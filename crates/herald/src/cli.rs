@@ -82,6 +82,13 @@ pub enum Command {
     Ack(ReceiptArgs),
     /// Deliver again later, by receipt.
     Nack(NackArgs),
+    /// Lengthen the leases of deliveries, by receipt.
+    Extend(ExtendArgs),
+    /// Move deliveries to the dead-letter topic now, by receipt.
+    Reject(RejectArgs),
+    /// Work with a subscription's dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Watch the events published to topics matching patterns, from now on.
     Tail(TailArgs),
     /// List the services that named themselves, with what they publish and consume.
@@ -175,7 +182,7 @@ pub struct ReadArgs {
 #[derive(Debug, Subcommand)]
 pub enum SubCommand {
     /// Create a subscription, or confirm it exists with these settings.
-    Create(SubCreateArgs),
+    Create(Box<SubCreateArgs>),
     /// List subscriptions.
     List,
     /// Show a subscription's settings and stats.
@@ -184,7 +191,14 @@ pub enum SubCommand {
     Delete { name: String },
     /// Move a subscription's position.
     Seek(SeekArgs),
-    /// Move events from the dead-letter topic back into this subscription.
+    /// Move events from the dead-letter topic back into this subscription (same as `herald dlq
+    /// redrive`).
+    Redrive(RedriveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Move events from the subscription's dead-letter topic back into this subscription only.
     Redrive(RedriveArgs),
 }
 
@@ -225,6 +239,16 @@ pub struct SubCreateArgs {
     /// [server default: none].
     #[arg(long, value_name = "ORDERING", value_parser = ["none", "key"])]
     pub ordering: Option<String>,
+    /// The first retry delay after a nack without a delay or an expired lease [server default:
+    /// 1s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, help_heading = "Retry backoff")]
+    pub retry_initial: Option<String>,
+    /// The longest retry delay [server default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, help_heading = "Retry backoff")]
+    pub retry_max: Option<String>,
+    /// How much each retry delay grows over the one before [server default: 2.0].
+    #[arg(long, value_name = "F", value_parser = multiplier_arg, help_heading = "Retry backoff")]
+    pub retry_multiplier: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -237,9 +261,10 @@ pub struct SeekArgs {
 
 #[derive(Debug, Args)]
 pub struct RedriveArgs {
+    /// The subscription's name.
     pub name: String,
     /// Most events to move [server default].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max: Option<u32>,
 }
 
@@ -257,8 +282,18 @@ pub struct PullArgs {
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
     /// Acknowledge the deliveries once printed.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["nack", "extend"])]
     pub ack: bool,
+    /// Nack the deliveries once printed: deliver them again after --delay, or after the
+    /// subscription's retry backoff.
+    #[arg(long, conflicts_with = "extend")]
+    pub nack: bool,
+    /// With --nack: deliver again after this long.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, requires = "nack")]
+    pub delay: Option<String>,
+    /// Lengthen the leases of the deliveries once printed by this long.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub extend: Option<String>,
     /// Keep pulling (long-polls with --wait, default 20s).
     #[arg(long)]
     pub follow: bool,
@@ -266,19 +301,47 @@ pub struct PullArgs {
 
 #[derive(Debug, Args)]
 pub struct ReceiptArgs {
+    /// The subscription's name.
     pub subscription: String,
+    /// Receipts of deliveries, as `pull` printed them.
     #[arg(required = true, value_name = "RECEIPT")]
     pub receipts: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct NackArgs {
+    /// The subscription's name.
     pub subscription: String,
+    /// Receipts of deliveries, as `pull` printed them.
     #[arg(required = true, value_name = "RECEIPT")]
     pub receipts: Vec<String>,
     /// Deliver again after this long [default: the subscription's retry backoff].
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub delay: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The subscription's name.
+    pub subscription: String,
+    /// Receipts of deliveries, as `pull` printed them.
+    #[arg(required = true, value_name = "RECEIPT")]
+    pub receipts: Vec<String>,
+    /// Lengthen each lease by this long.
+    #[arg(long, required = true, value_name = "DURATION", value_parser = duration_arg)]
+    pub by: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// The subscription's name.
+    pub subscription: String,
+    /// Receipts of deliveries, as `pull` printed them.
+    #[arg(required = true, value_name = "RECEIPT")]
+    pub receipts: Vec<String>,
+    /// Why, kept with the dead-lettered event as `deadletterreason: rejected: TEXT`.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +356,13 @@ fn duration_arg(value: &str) -> Result<String, String> {
     duration::parse(value)
         .map(duration::format)
         .map_err(|error| error.to_string())
+}
+
+fn multiplier_arg(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(multiplier) if multiplier.is_finite() && multiplier > 0.0 => Ok(multiplier),
+        _ => Err("expected a positive number such as 2 or 1.5".to_owned()),
+    }
 }
 
 fn json_arg(value: &str) -> Result<Value, String> {

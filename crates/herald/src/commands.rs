@@ -10,16 +10,18 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use herald_client::{
-    AckResponse, Client, Delivery, PublishResult, PullRequest, ReadQuery, Retention, StoredEvent,
-    Subscription, SubscriptionSettings, TailEvent, Topic, TopicSettings,
+    AckResponse, Client, Consumer, Delivery, PublishResult, PullRequest, ReadQuery, Retention,
+    RetrySettings, StoredEvent, Subscription, SubscriptionSettings, TailEvent, Topic,
+    TopicSettings,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::CommandError;
 use crate::cli::{
-    Command, GlobalArgs, NackArgs, Output, PublishArgs, PullArgs, ReadArgs, ReceiptArgs,
-    RedriveArgs, SeekArgs, SubCommand, SubCreateArgs, TailArgs, TopicCommand, TopicCreateArgs,
+    Command, DlqCommand, ExtendArgs, GlobalArgs, NackArgs, Output, PublishArgs, PullArgs, ReadArgs,
+    ReceiptArgs, RedriveArgs, RejectArgs, SeekArgs, SubCommand, SubCreateArgs, TailArgs,
+    TopicCommand, TopicCreateArgs,
 };
 use crate::event::{EventAttributes, parse_batch, parse_data};
 use crate::table::{Table, write_fields};
@@ -68,6 +70,9 @@ pub async fn execute(
         Command::Pull(args) => pull(client, printer, args, out).await,
         Command::Ack(args) => ack(client, printer, args, out).await,
         Command::Nack(args) => nack(client, printer, args, out).await,
+        Command::Extend(args) => extend(client, printer, args, out).await,
+        Command::Reject(args) => reject(client, printer, args, out).await,
+        Command::Dlq(DlqCommand::Redrive(args)) => redrive(client, printer, args, out).await,
         Command::Tail(args) => tail(client, printer, args, out).await,
         Command::Services => services(client, printer, out).await,
     }
@@ -456,7 +461,7 @@ async fn subscription(
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     match command {
-        SubCommand::Create(args) => subscription_create(client, printer, args, out).await,
+        SubCommand::Create(args) => subscription_create(client, printer, *args, out).await,
         SubCommand::List => {
             let subscriptions = client.list_subscriptions().await?;
             if printer.json() {
@@ -512,6 +517,14 @@ async fn subscription_create(
     args: SubCreateArgs,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
+    let retry = (args.retry_initial.is_some()
+        || args.retry_max.is_some()
+        || args.retry_multiplier.is_some())
+    .then_some(RetrySettings {
+        initial: args.retry_initial,
+        max: args.retry_max,
+        multiplier: args.retry_multiplier,
+    });
     let settings = SubscriptionSettings {
         topics: args.topics,
         mode: args.mode,
@@ -520,7 +533,7 @@ async fn subscription_create(
         ack_timeout: args.ack_timeout,
         max_deliveries: args.max_deliveries,
         dead_letter_topic: args.dead_letter_topic,
-        retry: None,
+        retry,
         ordering: args.ordering,
         push: None,
     };
@@ -584,16 +597,43 @@ fn write_subscription(
             ("redelivered", stats.redelivered.to_string()),
             ("dead lettered", stats.dead_lettered.to_string()),
         ]);
+        if subscription.mode.as_deref() == Some("queue") || stats.oldest_pending_age.is_some() {
+            fields.push((
+                "oldest pending age",
+                or_dash(stats.oldest_pending_age.as_deref()),
+            ));
+        }
         if let Some(push) = &stats.push {
             fields.push(("push state", value_text(Some(push))));
         }
         fields.push(("consumers", stats.consumers.len().to_string()));
     }
     write_fields(out, &fields)?;
-    if let Some(stats) = &subscription.stats {
-        for consumer in &stats.consumers {
-            writeln!(out, "  {consumer}")?;
-        }
+    if let Some(stats) = &subscription.stats
+        && !stats.consumers.is_empty()
+    {
+        write_consumers(out, &stats.consumers)?;
+    }
+    Ok(())
+}
+
+/// The members of a consumer group under the `consumers:` field, one indented line each.
+fn write_consumers(out: &mut dyn Write, consumers: &[Consumer]) -> Result<(), CommandError> {
+    let mut table = Table::new(&["NAME", "PARTITIONS", "LAST SEEN"]);
+    for consumer in consumers {
+        let partitions = if consumer.partitions.is_empty() {
+            "-".to_owned()
+        } else {
+            consumer.partitions.join(",")
+        };
+        table.row(vec![
+            consumer.name.clone(),
+            partitions,
+            or_dash(consumer.last_seen.as_deref()),
+        ]);
+    }
+    for line in table.render().lines() {
+        writeln!(out, "  {line}")?;
     }
     Ok(())
 }
@@ -644,22 +684,9 @@ async fn redrive(
 ) -> Result<(), CommandError> {
     let answer = client.redrive(&args.name, args.max).await?;
     if printer.json() {
-        if !answer.is_null() {
-            write_json(out, &answer)?;
-        }
-        return Ok(());
+        return write_json(out, &answer);
     }
-    match &answer {
-        Value::Object(fields) => {
-            let fields: Vec<(&str, String)> = fields
-                .iter()
-                .map(|(key, value)| (key.as_str(), value_text(Some(value))))
-                .collect();
-            write_fields(out, &fields)?;
-        }
-        Value::Null => writeln!(out, "redrove subscription {}", args.name)?,
-        other => writeln!(out, "{other}")?,
-    }
+    writeln!(out, "redriven {} events", answer.redriven)?;
     Ok(())
 }
 
@@ -671,6 +698,14 @@ async fn pull(
     args: PullArgs,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
+    // clap makes --ack, --nack and --extend exclusive.
+    let settle = if args.ack {
+        Some(Settle::Ack)
+    } else if args.nack {
+        Some(Settle::Nack { delay: args.delay })
+    } else {
+        args.extend.map(|by| Settle::Extend { by })
+    };
     let mut request = PullRequest {
         max: args.max,
         wait: args.wait,
@@ -707,10 +742,18 @@ async fn pull(
             }
             table.write(out)?;
         }
-        if args.ack && !answer.deliveries.is_empty() {
-            let acked = ack_deliveries(client, &args.subscription, &answer.deliveries).await?;
+        if let Some(settle) = &settle
+            && !answer.deliveries.is_empty()
+        {
+            let done =
+                settle_deliveries(client, &args.subscription, settle, &answer.deliveries).await?;
             if !printer.json() {
-                writeln!(out, "acked {acked} of {}", answer.deliveries.len())?;
+                writeln!(
+                    out,
+                    "{} {done} of {}",
+                    settle.past_tense(),
+                    answer.deliveries.len()
+                )?;
             }
         }
         return Ok(());
@@ -725,8 +768,10 @@ async fn pull(
             write_delivery_line(out, printer, delivery)?;
         }
         out.flush()?;
-        if args.ack && !answer.deliveries.is_empty() {
-            ack_deliveries(client, &args.subscription, &answer.deliveries).await?;
+        if let Some(settle) = &settle
+            && !answer.deliveries.is_empty()
+        {
+            settle_deliveries(client, &args.subscription, settle, &answer.deliveries).await?;
         }
     }
 }
@@ -754,17 +799,51 @@ fn write_delivery_line(
     Ok(())
 }
 
-/// Acks the deliveries; returns how many were acked, and warns on stderr about the others.
-async fn ack_deliveries(
+/// What `pull` does with the deliveries it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    /// Deliver again after `delay`, or after the subscription's retry backoff.
+    Nack {
+        delay: Option<String>,
+    },
+    /// Lengthen the leases by `by`.
+    Extend {
+        by: String,
+    },
+}
+
+impl Settle {
+    fn past_tense(&self) -> &'static str {
+        match self {
+            Settle::Ack => "acked",
+            Settle::Nack { .. } => "nacked",
+            Settle::Extend { .. } => "extended",
+        }
+    }
+}
+
+/// Acks, nacks or extends the deliveries; returns for how many it worked, and warns on stderr
+/// about the others.
+async fn settle_deliveries(
     client: &Client,
     subscription: &str,
+    settle: &Settle,
     deliveries: &[Delivery],
 ) -> Result<usize, CommandError> {
     let receipts: Vec<String> = deliveries
         .iter()
         .map(|delivery| delivery.receipt.clone())
         .collect();
-    let answer = client.ack(subscription, &receipts).await?;
+    let answer = match settle {
+        Settle::Ack => client.ack(subscription, &receipts).await?,
+        Settle::Nack { delay } => {
+            client
+                .nack(subscription, &receipts, delay.as_deref())
+                .await?
+        }
+        Settle::Extend { by } => client.extend(subscription, &receipts, by).await?,
+    };
     warn_about_receipts(&answer);
     Ok(answer
         .results
@@ -799,6 +878,30 @@ async fn nack(
 ) -> Result<(), CommandError> {
     let answer = client
         .nack(&args.subscription, &args.receipts, args.delay.as_deref())
+        .await?;
+    write_receipt_results(out, printer, &answer)
+}
+
+async fn extend(
+    client: &Client,
+    printer: Printer,
+    args: ExtendArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client
+        .extend(&args.subscription, &args.receipts, &args.by)
+        .await?;
+    write_receipt_results(out, printer, &answer)
+}
+
+async fn reject(
+    client: &Client,
+    printer: Printer,
+    args: RejectArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client
+        .reject(&args.subscription, &args.receipts, args.reason.as_deref())
         .await?;
     write_receipt_results(out, printer, &answer)
 }

@@ -241,7 +241,10 @@ async fn subscription_calls_send_the_contract_bodies() {
     );
     client.nack("worker", &receipts, Some("10s")).await.unwrap();
     client.extend("worker", &receipts, "30s").await.unwrap();
-    client.reject("worker", &receipts, "bad").await.unwrap();
+    client
+        .reject("worker", &receipts, Some("bad"))
+        .await
+        .unwrap();
     assert_eq!(
         client
             .seek("worker", &json!({"partition": 0, "offset": 5}))
@@ -289,4 +292,39 @@ async fn subscription_calls_send_the_contract_bodies() {
         requests[7].json(),
         json!({"to": {"partition": 0, "offset": 5}})
     );
+}
+
+#[tokio::test]
+async fn reject_without_a_reason_redrive_and_queue_stats() {
+    let subscription = r#"{"name":"worker","topics":["orders"],"mode":"stream","stats":{"backlog":0,"in_flight":0,"delivered":0,"acked":0,"redelivered":0,"dead_lettered":0,"oldest_pending_age":"12s","consumers":[{"name":"w1","partitions":["orders/0","orders/1"],"last_seen":"2026-11-01T00:00:00Z","lag":3}],"push":null}}"#;
+    let server = FakeServer::start(vec![
+        Reply::json(200, r#"{"results":[{"receipt":"r1","status":"ok"}]}"#),
+        Reply::json(200, r#"{"redriven":7}"#),
+        Reply::json(200, subscription),
+    ]);
+    let client = Client::new(&server.url);
+    client
+        .reject("worker", &["r1".to_owned()], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.redrive("worker", Some(50)).await.unwrap().redriven,
+        7
+    );
+    let described = client.describe_subscription("worker").await.unwrap();
+    let stats = described.stats.unwrap();
+    assert_eq!(stats.oldest_pending_age.as_deref(), Some("12s"));
+    assert_eq!(stats.consumers[0].name, "w1");
+    assert_eq!(stats.consumers[0].partitions, ["orders/0", "orders/1"]);
+    assert_eq!(
+        stats.consumers[0].last_seen.as_deref(),
+        Some("2026-11-01T00:00:00Z")
+    );
+    assert_eq!(stats.consumers[0].extra["lag"], 3);
+
+    let requests = server.requests();
+    assert_eq!(requests[0].target, "/v1/subscriptions/worker/reject");
+    assert_eq!(requests[0].json(), json!({"receipts": ["r1"]}));
+    assert_eq!(requests[1].target, "/v1/subscriptions/worker/redrive");
+    assert_eq!(requests[1].json(), json!({"max": 50}));
 }

@@ -434,3 +434,52 @@ async fn receipts_of_another_subscription_are_unknown() {
     assert_eq!(statuses(&ack(&server, "one", &[receipt]).await), ["ok"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_hangs_up_during_a_long_poll_expires_like_any_other() {
+    let server = Server::start().await;
+    filled_topic(&server, "hangup", 1, 3).await;
+    server
+        .put_json("/v1/subscriptions/g", json!({"topics": ["hangup"], "mode": "stream", "start": "earliest", "ack_timeout": "1s"}))
+        .await;
+    // Consumer a takes the partition, then long-polls and goes away mid-poll.
+    assert_eq!(pull(&server, "g", "a", 100).await.len(), 3);
+    let gone = server
+        .client
+        .post(format!("{}/v1/subscriptions/g/pull", server.base))
+        .json(&json!({"consumer": "a", "wait": "2s"}))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    // Whether the server notices the hang-up at once or only when the poll's wait ends, a is
+    // silent past ack_timeout after that: b gets the partition and its uncommitted events.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let got = pull(&server, "g", "b", 100).await.len();
+    let described = server.get("/v1/subscriptions/g").await;
+    assert_eq!(got, 3, "{}", described.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_without_a_consumer_name_share_one_member() {
+    let server = Server::start().await;
+    filled_topic(&server, "anon", 1, 5).await;
+    server
+        .put_json(
+            "/v1/subscriptions/g",
+            json!({"topics": ["anon"], "mode": "stream", "start": "earliest"}),
+        )
+        .await;
+    let mut received = 0;
+    for _ in 0..3 {
+        let answer = server
+            .post_json("/v1/subscriptions/g/pull", json!({"max": 2}))
+            .await;
+        received += answer.body["deliveries"].as_array().unwrap().len();
+    }
+    assert_eq!(received, 5);
+    let described = server.get("/v1/subscriptions/g").await;
+    assert_eq!(described.body["stats"]["consumers"][0]["name"], "anonymous");
+    server.stop().await;
+}

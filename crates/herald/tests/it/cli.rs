@@ -74,7 +74,10 @@ fn help_documents_the_exit_codes() {
     ] {
         assert!(help.contains(line), "{line:?} missing from:\n{help}");
     }
-    for command in ["serve", "topic", "publish", "read", "sub", "pull", "tail"] {
+    for command in [
+        "serve", "topic", "publish", "read", "sub", "pull", "ack", "nack", "extend", "reject",
+        "dlq", "tail",
+    ] {
         assert!(help.contains(&format!("  {command} ")), "{command}");
     }
 }
@@ -88,6 +91,12 @@ fn every_subcommand_has_help() {
         &["read", "--help"],
         &["sub", "create", "--help"],
         &["pull", "--help"],
+        &["ack", "--help"],
+        &["nack", "--help"],
+        &["extend", "--help"],
+        &["reject", "--help"],
+        &["dlq", "redrive", "--help"],
+        &["sub", "redrive", "--help"],
         &["tail", "--help"],
     ] {
         let output = herald(command);
@@ -100,13 +109,16 @@ fn every_subcommand_has_help() {
 #[test]
 fn client_commands_exit_3_with_one_line_when_the_server_is_unreachable() {
     let url = closed_port_url();
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 11] = [
         &["topic", "list"],
         &["topic", "create", "orders", "--partitions", "3"],
         &["publish", "orders", "{\"total\": 1}"],
         &["read", "orders", "--offset", "0"],
         &["sub", "describe", "worker"],
         &["pull", "worker", "--max", "5"],
+        &["extend", "worker", "r1", "--by", "30s"],
+        &["reject", "worker", "r1"],
+        &["dlq", "redrive", "worker"],
         &["tail", "orders.*"],
         &["services"],
     ];
@@ -140,6 +152,53 @@ fn bad_flags_exit_2() {
             "2026-01-01T00:00:00Z",
         ],
         &["sub", "create", "worker"],
+        &[
+            "sub",
+            "create",
+            "worker",
+            "--topic",
+            "t",
+            "--retry-initial",
+            "soon",
+        ],
+        &[
+            "sub",
+            "create",
+            "worker",
+            "--topic",
+            "t",
+            "--retry-max",
+            "-1s",
+        ],
+        &[
+            "sub",
+            "create",
+            "worker",
+            "--topic",
+            "t",
+            "--retry-multiplier",
+            "fast",
+        ],
+        &[
+            "sub",
+            "create",
+            "worker",
+            "--topic",
+            "t",
+            "--retry-multiplier",
+            "0",
+        ],
+        &["pull", "worker", "--ack", "--nack"],
+        &["pull", "worker", "--ack", "--extend", "30s"],
+        &["pull", "worker", "--nack", "--extend", "30s"],
+        &["pull", "worker", "--delay", "5s"],
+        &["pull", "worker", "--nack", "--delay", "soon"],
+        &["pull", "worker", "--extend", "soon"],
+        &["extend", "worker", "r1"],
+        &["extend", "worker", "--by", "30s"],
+        &["reject", "worker"],
+        &["dlq", "redrive"],
+        &["dlq", "redrive", "worker", "--max", "0"],
         &["publish", "orders"],
         &["--output", "yaml", "topic", "list"],
         &["frobnicate"],
@@ -386,6 +445,459 @@ fn pull_with_ack_acknowledges_what_it_printed() {
     assert_eq!(requests[0].json(), json!({"max": 5, "wait": "2s"}));
     assert_eq!(requests[1].target, "/v1/subscriptions/worker/ack");
     assert_eq!(requests[1].json(), json!({"receipts": ["r1"]}));
+}
+
+/// An RFC 9457 problem answer with this status, title and detail.
+fn problem(status: u16, title: &str, detail: &str) -> Reply {
+    let body = json!({"type": "about:blank", "title": title, "status": status, "detail": detail});
+    Reply::new(status, "application/problem+json", &body.to_string())
+}
+
+/// Two deliveries, as a pull answers them.
+const TWO_DELIVERIES: &str = r#"{"deliveries":[{"receipt":"r1","attempt":1,"deadline":"2026-11-01T00:00:30Z","topic":"orders","partition":0,"offset":3,"event":{"id":"a","type":"t","data":1}},{"receipt":"r2","attempt":2,"deadline":"2026-11-01T00:00:30Z","topic":"orders","partition":0,"offset":4,"event":{"id":"b","type":"t","data":2}}]}"#;
+
+const PULLED_TABLE: &str = "RECEIPT  ATTEMPT  TOPIC   PARTITION  OFFSET  TYPE  ID  DATA\n\
+                            r1       1        orders  0          3       t     a   1\n\
+                            r2       2        orders  0          4       t     b   2\n";
+
+#[test]
+fn pull_with_nack_nacks_what_it_printed_with_or_without_a_delay() {
+    let one_stale =
+        r#"{"results":[{"receipt":"r1","status":"ok"},{"receipt":"r2","status":"stale"}]}"#;
+    let both_ok = r#"{"results":[{"receipt":"r1","status":"ok"},{"receipt":"r2","status":"ok"}]}"#;
+    let server = FakeServer::start(vec![
+        Reply::json(200, TWO_DELIVERIES),
+        Reply::json(200, one_stale),
+        Reply::json(200, TWO_DELIVERIES),
+        Reply::json(200, both_ok),
+    ]);
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "pull",
+        "worker",
+        "--nack",
+        "--delay",
+        "1m30s",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{PULLED_TABLE}nacked 1 of 2\n"));
+    assert_eq!(stderr(&output), "warning: receipt r2 is stale\n");
+
+    let output = herald(&["--server", &server.url, "pull", "worker", "--nack"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{PULLED_TABLE}nacked 2 of 2\n"));
+
+    let requests = server.requests();
+    assert_eq!(requests[0].target, "/v1/subscriptions/worker/pull");
+    assert_eq!(requests[1].method, "POST");
+    assert_eq!(requests[1].target, "/v1/subscriptions/worker/nack");
+    assert_eq!(
+        requests[1].json(),
+        json!({"receipts": ["r1", "r2"], "delay": "90s"})
+    );
+    assert_eq!(requests[3].target, "/v1/subscriptions/worker/nack");
+    assert_eq!(requests[3].json(), json!({"receipts": ["r1", "r2"]}));
+}
+
+#[test]
+fn pull_with_extend_extends_the_leases_of_what_it_printed() {
+    let both_ok = r#"{"results":[{"receipt":"r1","status":"ok"},{"receipt":"r2","status":"ok"}]}"#;
+    let server = FakeServer::start(vec![
+        Reply::json(200, TWO_DELIVERIES),
+        Reply::json(200, both_ok),
+        Reply::json(200, TWO_DELIVERIES),
+        Reply::json(200, both_ok),
+    ]);
+
+    let output = herald(&["--server", &server.url, "pull", "worker", "--extend", "2m"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{PULLED_TABLE}extended 2 of 2\n"));
+
+    // With --output json only the pull's answer is printed, so the output stays one document.
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "--output",
+        "json",
+        "pull",
+        "worker",
+        "--extend",
+        "2m",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::from_str::<Value>(TWO_DELIVERIES).unwrap()
+    );
+
+    let requests = server.requests();
+    for request in [&requests[1], &requests[3]] {
+        assert_eq!(request.target, "/v1/subscriptions/worker/extend");
+        assert_eq!(
+            request.json(),
+            json!({"receipts": ["r1", "r2"], "by": "2m"})
+        );
+    }
+}
+
+#[test]
+fn pull_exits_1_when_the_server_refuses_the_nack() {
+    let server = FakeServer::start(vec![
+        Reply::json(200, TWO_DELIVERIES),
+        problem(
+            400,
+            "Bad Request",
+            "nack is for queue subscriptions; worker is a stream",
+        ),
+    ]);
+    let output = herald(&["--server", &server.url, "pull", "worker", "--nack"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), PULLED_TABLE);
+    assert_eq!(
+        stderr(&output),
+        "error: 400 Bad Request: nack is for queue subscriptions; worker is a stream\n"
+    );
+    server.requests();
+}
+
+#[test]
+fn extend_and_reject_send_the_receipts_and_print_each_status() {
+    let results =
+        r#"{"results":[{"receipt":"r1","status":"ok"},{"receipt":"nope","status":"unknown"}]}"#;
+    let server = FakeServer::start(vec![
+        Reply::json(200, results),
+        Reply::json(200, results),
+        Reply::json(200, results),
+        problem(404, "Not Found", "no subscription named ghost"),
+        problem(400, "Bad Request", "reason is longer than 1024 bytes"),
+    ]);
+    let table = "RECEIPT  STATUS\nr1       ok\nnope     unknown\n";
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "extend",
+        "worker",
+        "r1",
+        "nope",
+        "--by",
+        "45s",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), table);
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "reject",
+        "worker",
+        "r1",
+        "nope",
+        "--reason",
+        "bad payload",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), table);
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "--output",
+        "json",
+        "reject",
+        "worker",
+        "r1",
+        "nope",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(printed, serde_json::from_str::<Value>(results).unwrap());
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "extend",
+        "ghost",
+        "r1",
+        "--by",
+        "45s",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        "error: 404 Not Found: no subscription named ghost\n"
+    );
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "reject",
+        "worker",
+        "r1",
+        "--reason",
+        "…",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: 400 Bad Request: reason is longer than 1024 bytes\n"
+    );
+
+    let requests = server.requests();
+    let calls: Vec<_> = requests
+        .iter()
+        .map(|request| format!("{} {}", request.method, request.target))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "POST /v1/subscriptions/worker/extend",
+            "POST /v1/subscriptions/worker/reject",
+            "POST /v1/subscriptions/worker/reject",
+            "POST /v1/subscriptions/ghost/extend",
+            "POST /v1/subscriptions/worker/reject",
+        ]
+    );
+    assert_eq!(
+        requests[0].json(),
+        json!({"receipts": ["r1", "nope"], "by": "45s"})
+    );
+    assert_eq!(
+        requests[1].json(),
+        json!({"receipts": ["r1", "nope"], "reason": "bad payload"})
+    );
+    // Without --reason none is sent; the server fills in its own.
+    assert_eq!(requests[2].json(), json!({"receipts": ["r1", "nope"]}));
+}
+
+#[test]
+fn dlq_redrive_prints_how_many_events_moved() {
+    let server = FakeServer::start(vec![
+        Reply::json(200, r#"{"redriven":7}"#),
+        Reply::json(200, r#"{"redriven":0}"#),
+        Reply::json(200, r#"{"redriven":3}"#),
+        problem(404, "Not Found", "no subscription named ghost"),
+    ]);
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "dlq",
+        "redrive",
+        "worker",
+        "--max",
+        "50",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "redriven 7 events\n");
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "--output",
+        "json",
+        "dlq",
+        "redrive",
+        "worker",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(printed, json!({"redriven": 0}));
+
+    // `sub redrive` is the same command.
+    let output = herald(&["--server", &server.url, "sub", "redrive", "worker"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "redriven 3 events\n");
+
+    let output = herald(&["--server", &server.url, "dlq", "redrive", "ghost"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        "error: 404 Not Found: no subscription named ghost\n"
+    );
+
+    let requests = server.requests();
+    assert_eq!(requests[0].method, "POST");
+    assert_eq!(requests[0].target, "/v1/subscriptions/worker/redrive");
+    assert_eq!(requests[0].json(), json!({"max": 50}));
+    assert_eq!(requests[1].target, "/v1/subscriptions/worker/redrive");
+    assert_eq!(requests[1].json(), json!({}));
+    assert_eq!(requests[2].target, "/v1/subscriptions/worker/redrive");
+    assert_eq!(requests[3].target, "/v1/subscriptions/ghost/redrive");
+}
+
+#[test]
+fn sub_create_sends_the_retry_backoff_only_when_asked() {
+    let subscription = r#"{"name":"worker","topics":["orders"],"mode":"queue"}"#;
+    let server = FakeServer::start(vec![
+        Reply::json(201, subscription),
+        Reply::json(200, subscription),
+        problem(
+            409,
+            "Conflict",
+            "subscription worker exists with other settings",
+        ),
+    ]);
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "create",
+        "worker",
+        "--topic",
+        "orders",
+        "--dead-letter-topic",
+        "worker.poison",
+        "--retry-initial",
+        "500ms",
+        "--retry-max",
+        "300s",
+        "--retry-multiplier",
+        "1.5",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "created subscription worker\n");
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "create",
+        "worker",
+        "--topic",
+        "orders",
+        "--retry-multiplier",
+        "3",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "subscription worker already exists with these settings\n"
+    );
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "create",
+        "worker",
+        "--topic",
+        "orders",
+        "--mode",
+        "stream",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        "error: 409 Conflict: subscription worker exists with other settings\n"
+    );
+
+    let requests = server.requests();
+    // No mode unless asked: the server's default applies.
+    assert_eq!(
+        requests[0].json(),
+        json!({
+            "topics": ["orders"],
+            "dead_letter_topic": "worker.poison",
+            "retry": {"initial": "500ms", "max": "5m", "multiplier": 1.5},
+        })
+    );
+    assert_eq!(
+        requests[1].json(),
+        json!({"topics": ["orders"], "retry": {"multiplier": 3.0}})
+    );
+    assert_eq!(
+        requests[2].json(),
+        json!({"topics": ["orders"], "mode": "stream"})
+    );
+}
+
+#[test]
+fn sub_describe_shows_the_oldest_pending_age_of_a_queue() {
+    let queue = r#"{"name":"worker","topics":["orders"],"mode":"queue","start":"latest","filter":null,"ack_timeout":"30s","max_deliveries":10,"dead_letter_topic":"worker.dlq","retry":{"initial":"1s","max":"5m","multiplier":2.0},"ordering":"none","push":null,"created":"2026-11-01T00:00:00Z","stats":{"backlog":5,"in_flight":2,"delivered":9,"acked":4,"redelivered":3,"dead_lettered":1,"oldest_pending_age":"42s","consumers":[],"push":null}}"#;
+    let idle = queue.replace(
+        r#""oldest_pending_age":"42s""#,
+        r#""oldest_pending_age":null"#,
+    );
+    let server = FakeServer::start(vec![
+        Reply::json(200, queue),
+        Reply::json(200, &idle),
+        Reply::json(200, queue),
+    ]);
+
+    let output = herald(&["--server", &server.url, "sub", "describe", "worker"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "name:                worker\n\
+         mode:                queue\n\
+         topics:              orders\n\
+         start:               latest\n\
+         filter:              -\n\
+         ack timeout:         30s\n\
+         max deliveries:      10\n\
+         dead letter topic:   worker.dlq\n\
+         retry:               initial 1s, max 5m, multiplier 2\n\
+         ordering:            none\n\
+         push:                -\n\
+         backlog:             5\n\
+         in flight:           2\n\
+         delivered:           9\n\
+         acked:               4\n\
+         redelivered:         3\n\
+         dead lettered:       1\n\
+         oldest pending age:  42s\n\
+         consumers:           0\n"
+    );
+
+    let output = herald(&["--server", &server.url, "sub", "describe", "worker"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("\noldest pending age:  -\n"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "--output",
+        "json",
+        "sub",
+        "describe",
+        "worker",
+    ]);
+    let printed: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(printed, serde_json::from_str::<Value>(queue).unwrap());
+    assert_eq!(server.requests()[0].target, "/v1/subscriptions/worker");
+}
+
+#[test]
+fn sub_describe_lists_a_streams_consumers_one_per_line() {
+    let stream = r#"{"name":"audit","topics":["orders"],"mode":"stream","start":"earliest","ack_timeout":"30s","stats":{"backlog":0,"in_flight":0,"delivered":2,"acked":2,"redelivered":0,"dead_lettered":0,"oldest_pending_age":null,"consumers":[{"name":"worker-1","partitions":["orders/0","orders/1"],"last_seen":"2026-11-01T00:00:05Z"},{"name":"w2","partitions":[],"last_seen":"2026-11-01T00:00:06Z"}],"push":null}}"#;
+    let server = FakeServer::start(vec![Reply::json(200, stream)]);
+    let output = herald(&["--server", &server.url, "sub", "describe", "audit"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(!printed.contains("oldest pending age"), "{printed}");
+    assert!(
+        printed.ends_with(
+            "dead lettered:      0\n\
+             consumers:          2\n  \
+             NAME      PARTITIONS         LAST SEEN\n  \
+             worker-1  orders/0,orders/1  2026-11-01T00:00:05Z\n  \
+             w2        -                  2026-11-01T00:00:06Z\n"
+        ),
+        "{printed}"
+    );
+    server.requests();
 }
 
 #[test]
