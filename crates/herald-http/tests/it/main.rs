@@ -3,6 +3,7 @@
 
 mod harness;
 mod publish;
+mod queues;
 mod read;
 mod service;
 mod streams;

@@ -234,3 +234,146 @@ fn acknowledged_publishes_and_commits_survive_kill_9() {
         "no acknowledged commit was ever checked against a redelivery"
     );
 }
+
+/// Queue subscriptions under kill -9: an event acked `ok` is never delivered again, and every
+/// event not acked comes back.
+#[test]
+fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
+    const EVENTS: u64 = 3000;
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let acked = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let mut random = rand::rng();
+    {
+        let server = RealServer::start(&data_dir);
+        let client = reqwest::blocking::Client::new();
+        client
+            .put(format!("{}/v1/subscriptions/workers", server.url))
+            .json(&json!({"topics": ["jobs"], "start": "earliest", "retry": {"initial": "10ms", "max": "10ms"}}))
+            .send()
+            .unwrap();
+        for chunk in 0..EVENTS / 500 {
+            let events: Vec<Value> = (0..500)
+                .map(|n| json!({"specversion": "1.0", "id": format!("{}", chunk * 500 + n), "source": "/q", "type": "job", "data": chunk * 500 + n}))
+                .collect();
+            let answer = client
+                .post(format!("{}/v1/topics/jobs/events", server.url))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(serde_json::to_vec(&events).unwrap())
+                .send()
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), 201);
+        }
+        server.terminate();
+    }
+    let worker = |url: String,
+                  name: String,
+                  stop: Arc<AtomicBool>,
+                  acked: Arc<Mutex<std::collections::HashSet<u64>>>| {
+        let client = reqwest::blocking::Client::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(response) = client
+                .post(format!("{url}/v1/subscriptions/workers/pull"))
+                .json(&json!({"max": 50, "consumer": name}))
+                .send()
+            else {
+                return;
+            };
+            let Ok(pulled) = response.json::<Value>() else {
+                return;
+            };
+            let Some(deliveries) = pulled["deliveries"].as_array().cloned() else {
+                return;
+            };
+            for delivery in &deliveries {
+                let data = delivery["event"]["data"].as_u64().unwrap();
+                assert!(
+                    !acked.lock().unwrap().contains(&data),
+                    "event {data} was acked and is delivered again"
+                );
+            }
+            let receipts: Vec<&Value> = deliveries
+                .iter()
+                .map(|delivery| &delivery["receipt"])
+                .collect();
+            let Ok(response) = client
+                .post(format!("{url}/v1/subscriptions/workers/ack"))
+                .json(&json!({"receipts": receipts}))
+                .send()
+            else {
+                return;
+            };
+            let Ok(answer) = response.json::<Value>() else {
+                return;
+            };
+            let mut acked = acked.lock().unwrap();
+            for (delivery, result) in deliveries.iter().zip(answer["results"].as_array().unwrap()) {
+                if result["status"] == "ok" {
+                    acked.insert(delivery["event"]["data"].as_u64().unwrap());
+                }
+            }
+        }
+    };
+    for round in 0..4 {
+        let server = RealServer::start(&data_dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..2)
+            .map(|number| {
+                let (url, stop, acked) = (server.url.clone(), stop.clone(), acked.clone());
+                std::thread::spawn(move || worker(url, format!("w{number}"), stop, acked))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(random.random_range(100..400)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        eprintln!(
+            "queue kill round {round}: {} acked so far",
+            acked.lock().unwrap().len()
+        );
+    }
+    // Drain after the last kill: exactly the events never acked come back, each once.
+    let server = RealServer::start(&data_dir);
+    let client = reqwest::blocking::Client::new();
+    let mut redelivered = std::collections::HashSet::new();
+    loop {
+        let pulled: Value = client
+            .post(format!("{}/v1/subscriptions/workers/pull", server.url))
+            .json(&json!({"max": 1000, "consumer": "drain"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let deliveries = pulled["deliveries"].as_array().unwrap().clone();
+        if deliveries.is_empty() {
+            break;
+        }
+        let receipts: Vec<&Value> = deliveries
+            .iter()
+            .map(|delivery| &delivery["receipt"])
+            .collect();
+        client
+            .post(format!("{}/v1/subscriptions/workers/ack", server.url))
+            .json(&json!({"receipts": receipts}))
+            .send()
+            .unwrap();
+        for delivery in &deliveries {
+            let data = delivery["event"]["data"].as_u64().unwrap();
+            assert!(redelivered.insert(data), "event {data} drained twice");
+        }
+    }
+    let acked = acked.lock().unwrap();
+    assert!(
+        !acked.is_empty(),
+        "the workers acked something before the kills"
+    );
+    assert!(acked.is_disjoint(&redelivered), "acked events came back");
+    assert_eq!(
+        acked.len() as u64 + redelivered.len() as u64,
+        EVENTS,
+        "every unacked event came back"
+    );
+    server.terminate();
+}
