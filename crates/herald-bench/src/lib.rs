@@ -1,9 +1,15 @@
-//! Herald's benchmarks: what the partition log costs next to the bare disk it runs on.
+//! Herald's benchmarks: what the partition log, and publishing over HTTP, cost next to the bare
+//! disk they run on.
 //!
 //! The map:
 //! - [`log_bench`]: the `herald-bench log` run. Every append and read case of the partition log
 //!   is measured right after a raw-disk loop doing the same I/O, so each line of the report is a
 //!   side-by-side comparison on this machine, at this moment.
+//! - [`publish_bench`]: the `herald-bench publish` run: durable events/s of the real `herald serve`
+//!   over HTTP (batches of CloudEvents from N connections), each round right after a raw
+//!   `write` + `fdatasync` loop of one batch frame.
+//! - [`publish_load`]: its load generator, cheap enough to share the machine with the server.
+//! - [`herald_process`]: starting, watching and stopping a `herald serve` process.
 //! - [`raw_disk`]: the baselines: plain `write` (+ `fdatasync`) and `pread` loops with no log.
 //! - [`workload`]: the records and batches every case and the criterion benches use, and the
 //!   budget (time and bytes) each case runs under.
@@ -16,8 +22,11 @@
 //! log`). Nothing here runs in CI's pass/fail.
 
 pub mod counting;
+pub mod herald_process;
 pub mod log_bench;
 pub mod machine;
+pub mod publish_bench;
+pub mod publish_load;
 pub mod raw_disk;
 pub mod report;
 pub mod workload;

@@ -410,7 +410,7 @@ impl Bench<'_> {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     match values.len() {
@@ -420,17 +420,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn median_of<T>(items: &[T], value: impl Fn(&T) -> f64) -> f64 {
+pub(crate) fn median_of<T>(items: &[T], value: impl Fn(&T) -> f64) -> f64 {
     median(items.iter().map(value).collect())
 }
 
-fn median_cpu(cores: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+pub(crate) fn median_cpu(cores: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let cores: Vec<f64> = cores.flatten().collect();
     (!cores.is_empty()).then(|| median(cores))
 }
 
 /// A baseline's medians; `rounds` holds records/s and MB/s per round.
-fn raw_result(name: String, runs: &[RawRun], rounds: &[(f64, f64)]) -> RawResult {
+pub(crate) fn raw_result(name: String, runs: &[RawRun], rounds: &[(f64, f64)]) -> RawResult {
     RawResult {
         name,
         operations: runs.iter().map(|raw| raw.operations).sum(),

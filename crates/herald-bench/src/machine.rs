@@ -93,7 +93,17 @@ pub fn load_average() -> Option<f64> {
 
 /// CPU time (user and system) this process has used so far, all threads included.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_from_stat("/proc/self/stat")
+}
+
+/// CPU time (user and system) process `pid` has used so far, all threads included; `None` once
+/// it has exited (or where there is no `/proc`).
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds_from_stat(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_from_stat(path: &str) -> Option<f64> {
+    let stat = fs::read_to_string(path).ok()?;
     // The command name, in parentheses, may hold spaces: count fields after its closing one.
     let (_, after_name) = stat.rsplit_once(')')?;
     let mut fields = after_name.split_whitespace().skip(11);

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use herald_bench::herald_process;
 use herald_bench::log_bench::{self, Options};
 use herald_bench::machine::default_scratch_root;
+use herald_bench::publish_bench::{self, PublishOptions, ServerChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", about = "Measures Herald on this machine")]
@@ -20,6 +22,9 @@ struct Cli {
 enum Command {
     /// The partition log's appends and reads, each next to a raw-disk loop doing the same I/O.
     Log(LogArgs),
+    /// Durable publishing over HTTP: the real `herald serve` (started here, or --server) taking
+    /// batches of CloudEvents from N connections, each round next to a raw write+fdatasync loop.
+    Publish(PublishArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +58,67 @@ struct LogArgs {
     allow_tmpfs: bool,
 }
 
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// Concurrent connections, each with one request in flight [default: 16, or 4 with --quick].
+    #[arg(long)]
+    connections: Option<u32>,
+    /// Events per request [default: 100, or 20 with --quick].
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Bytes of each event's JSON (the CloudEvent as stored).
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Seconds measured per round (the raw loop runs as long, within 2 GiB) [default: 10, or 1
+    /// with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Seconds of load before each round's measurement starts [default: 1, or 0.25 with
+    /// --quick].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Rounds; each runs the raw-disk loop and then Herald, back to back [default: 3, or 1 with
+    /// --quick].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// The fsync policy of the server herald-bench starts [default: always].
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Worker threads of the load generator (it shares the cores with the server).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// About 3 seconds with small sizes: checks that the bench works, e.g. in CI.
+    #[arg(long)]
+    quick: bool,
+    /// Measure the server at this URL (e.g. http://127.0.0.1:7070) instead of starting one; a
+    /// topic is created per round and deleted afterwards.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The herald binary to start [default: `herald` next to herald-bench, e.g.
+    /// target/release/herald].
+    #[arg(long, value_name = "PATH")]
+    herald: Option<PathBuf>,
+    /// Where the raw loop's file and the server's data go (a fresh directory inside it, removed
+    /// afterwards). Must be on the disk under test. Default: the workspace's target/ directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as markdown or as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
+    /// Run even if the directory is in memory (tmpfs); the figures are then meaningless.
+    #[arg(long)]
+    allow_tmpfs: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Fsync {
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Output {
     Markdown,
@@ -63,6 +129,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(arguments) => run_log(arguments),
+        Command::Publish(arguments) => run_publish(arguments),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +161,70 @@ fn run_log(arguments: LogArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = log_bench::run(&options, &mut |line| eprintln!("{line}"))?;
+    match arguments.output {
+        Output::Markdown => print!("{}", report.to_markdown()),
+        Output::Json => println!("{}", report.to_json()),
+    }
+    Ok(())
+}
+
+fn seconds_arg(name: &str, value: f64) -> anyhow::Result<Duration> {
+    ensure!(
+        value.is_finite() && (0.0..=3600.0).contains(&value),
+        "--{name} must be between 0 and 3600"
+    );
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn run_publish(arguments: PublishArgs) -> anyhow::Result<()> {
+    let quick = arguments.quick;
+    let round_duration = seconds_arg(
+        "seconds",
+        arguments.seconds.unwrap_or(if quick { 1.0 } else { 10.0 }),
+    )?;
+    ensure!(!round_duration.is_zero(), "--seconds must be more than 0");
+    let warmup = seconds_arg(
+        "warmup",
+        arguments.warmup.unwrap_or(if quick { 0.25 } else { 1.0 }),
+    )?;
+    let server = match (arguments.server, arguments.fsync, arguments.herald) {
+        (Some(_), Some(_), _) => {
+            anyhow::bail!(
+                "--fsync applies to a server herald-bench starts; a --server keeps its own policy"
+            )
+        }
+        (Some(_), None, Some(_)) => {
+            anyhow::bail!("--herald (the binary to start) and --server exclude each other")
+        }
+        (Some(url), None, None) => ServerChoice::Existing { url },
+        (None, fsync, binary) => ServerChoice::Start {
+            binary: match binary {
+                Some(binary) => binary,
+                None => herald_process::default_binary()?,
+            },
+            fsync: match fsync.unwrap_or(Fsync::Always) {
+                Fsync::Always => "always",
+                Fsync::Never => "never",
+            }
+            .to_owned(),
+        },
+    };
+    let options = PublishOptions {
+        scratch_root: arguments.dir.unwrap_or_else(default_scratch_root),
+        server,
+        connections: arguments.connections.unwrap_or(if quick { 4 } else { 16 }),
+        events_per_batch: arguments.batch.unwrap_or(if quick { 20 } else { 100 }),
+        event_bytes: arguments.event_bytes,
+        partitions: arguments.partitions,
+        round_duration,
+        warmup,
+        rounds: arguments.rounds.unwrap_or(if quick { 1 } else { 3 }),
+        client_threads: arguments.client_threads,
+        quick,
+        allow_in_memory: arguments.allow_tmpfs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = publish_bench::run(&options, &mut |line| eprintln!("{line}"))?;
     match arguments.output {
         Output::Markdown => print!("{}", report.to_markdown()),
         Output::Json => println!("{}", report.to_json()),

@@ -1,13 +1,15 @@
 //! The results of a run: a markdown report for people, JSON for tools.
 //!
-//! Units: MB/s and GB/s are 10^6 and 10^9 bytes per second of whole batch frames (payload,
-//! record fields and frame header and trailer), the bytes that reach the disk.
+//! Units: MB/s and GB/s are 10^6 and 10^9 bytes per second. In the `log` report they count whole
+//! batch frames (payload, record fields and frame header and trailer), the bytes that reach the
+//! disk; the `publish` report gives both the payload (event JSON) and the frame bytes.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::machine::MachineFacts;
+pub use crate::publish_bench::PublishReport;
 
 /// Everything one `herald-bench log` run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -131,39 +133,15 @@ impl Report {
 
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let filesystem = &machine.filesystem;
-        let rotational = match filesystem.rotational {
-            Some(true) => ", rotational",
-            Some(false) => ", not rotational",
-            None => "",
-        };
         // Writing to a String cannot fail.
         let _ = writeln!(out, "## herald-bench log");
         let _ = writeln!(out);
-        let _ = writeln!(out, "- commit: {}", self.git_commit);
-        let _ = writeln!(out, "- command: `{}`", self.command);
-        let _ = writeln!(
-            out,
-            "- machine: {} CPUs ({}), {:.1} GiB memory, Linux {}",
-            machine.cpus, machine.cpu_model, machine.memory_gib, machine.kernel
-        );
-        let load = |load: Option<f64>| {
-            load.map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}"))
-        };
-        let _ = writeln!(
-            out,
-            "- 1-minute load average: {} at the start, {} at the end",
-            load(machine.load_average_at_start),
-            load(self.load_average_at_end)
-        );
-        let _ = writeln!(
-            out,
-            "- bench directory: {} on {} ({}{rotational}, mounted at {})",
-            machine.bench_directory.display(),
-            filesystem.device,
-            filesystem.kind,
-            filesystem.mount_point
+        write_context(
+            &mut out,
+            &self.git_commit,
+            &self.command,
+            &self.machine,
+            self.load_average_at_end,
         );
         let _ = writeln!(
             out,
@@ -246,6 +224,193 @@ impl Report {
         }
         out
     }
+}
+
+impl PublishReport {
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of numbers and strings cannot fail.
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "## herald-bench publish");
+        let _ = writeln!(out);
+        write_context(
+            &mut out,
+            &self.git_commit,
+            &self.command,
+            &self.machine,
+            self.load_average_at_end,
+        );
+        let _ = writeln!(out, "- server: {}", self.server);
+        let _ = writeln!(
+            out,
+            "- load: {} connections, one request in flight each, batches of {} CloudEvents of {} B \
+             (application/cloudevents-batch+json, {} B per request), topic of {} partition(s), \
+             fsync {}; load generator: reqwest on {} Tokio worker thread(s), same machine",
+            self.connections,
+            self.events_per_batch,
+            self.event_bytes,
+            self.body_bytes,
+            self.partitions,
+            self.fsync
+                .as_deref()
+                .unwrap_or("as configured on the server"),
+            self.client_threads,
+        );
+        let _ = writeln!(
+            out,
+            "- {} round(s) of {:.1} s measured after {:.1} s of warm-up, each right after the raw \
+             loop{}",
+            self.rounds,
+            self.seconds_per_round,
+            self.warmup_seconds,
+            if self.quick {
+                " (--quick: small sizes, rough figures)"
+            } else {
+                ""
+            }
+        );
+        let segment = self
+            .herald
+            .segment_bytes_per_event
+            .map_or_else(String::new, |bytes| {
+                format!("; measured in the segment files: {bytes:.1} B per event")
+            });
+        let _ = writeln!(
+            out,
+            "- one batch is a {} B log frame ({:.1} B per event){segment}",
+            self.frame_bytes,
+            self.frame_bytes as f64 / f64::from(self.events_per_batch),
+        );
+        let _ = writeln!(out);
+        let cores = |cores: Option<f64>| {
+            cores.map_or_else(|| "?".to_owned(), |cores| format!("{cores:.2}"))
+        };
+        let _ = writeln!(
+            out,
+            "| | events/s | payload MB/s | disk MB/s | requests/s | latency p50 / p99 / max (ms) | CPU cores |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let herald = &self.herald;
+        let _ = writeln!(
+            out,
+            "| Herald, fsync {} | {} | {:.1} | {:.1} | {} | {:.2} / {:.2} / {:.2} | server {}, bench {} |",
+            self.fsync.as_deref().unwrap_or("?"),
+            format_rate(herald.events_per_second),
+            herald.payload_megabytes_per_second,
+            herald.disk_megabytes_per_second,
+            format_rate(herald.requests_per_second),
+            herald.latency_p50_millis,
+            herald.latency_p99_millis,
+            herald.latency_max_millis,
+            cores(herald.server_cpu_cores),
+            cores(herald.bench_cpu_cores),
+        );
+        let raw = &self.raw;
+        let _ = writeln!(
+            out,
+            "| raw {} | {} | {:.1} | {:.1} | {} fsyncs/s | - | {} |",
+            raw.name,
+            format_rate(raw.records_per_second),
+            raw.megabytes_per_second
+                * (f64::from(self.events_per_batch) * self.event_bytes as f64
+                    / self.frame_bytes as f64),
+            raw.megabytes_per_second,
+            format_rate(raw.megabytes_per_second * 1e6 / self.frame_bytes as f64),
+            cores(raw.cpu_cores),
+        );
+        let ratios = self.round_results.iter().map(|round| round.ratio_to_raw);
+        let lowest = ratios.clone().fold(f64::INFINITY, f64::min);
+        let highest = ratios.fold(f64::NEG_INFINITY, f64::max);
+        let range = if self.round_results.len() > 1 {
+            format!(
+                " (rounds: {}-{})",
+                format_ratio(lowest),
+                format_ratio(highest)
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Herald / raw events/s: {}{range}",
+            format_ratio(self.ratio_to_raw)
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| round | raw events/s | Herald events/s | Herald/raw | p50 / p99 (ms) | CPU cores server / bench / raw loop |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+        for (number, round) in self.round_results.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.2} / {:.2} | {} / {} / {} |",
+                number + 1,
+                format_rate(round.raw_events_per_second),
+                format_rate(round.events_per_second),
+                format_ratio(round.ratio_to_raw),
+                round.latency_p50_millis,
+                round.latency_p99_millis,
+                cores(round.server_cpu_cores),
+                cores(round.bench_cpu_cores),
+                cores(round.raw_cpu_cores),
+            );
+        }
+        if !self.goals.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "| goal | measured | met |");
+            let _ = writeln!(out, "|---|---|---|");
+            for goal in &self.goals {
+                let met = if goal.met { "yes" } else { "**no**" };
+                let _ = writeln!(out, "| {} | {} | {met} |", goal.goal, goal.measured);
+            }
+        }
+        out
+    }
+}
+
+/// The lines every report starts with: commit, command, machine, load, bench directory.
+fn write_context(
+    out: &mut String,
+    git_commit: &str,
+    command: &str,
+    machine: &MachineFacts,
+    load_average_at_end: Option<f64>,
+) {
+    let filesystem = &machine.filesystem;
+    let rotational = match filesystem.rotational {
+        Some(true) => ", rotational",
+        Some(false) => ", not rotational",
+        None => "",
+    };
+    let _ = writeln!(out, "- commit: {git_commit}");
+    let _ = writeln!(out, "- command: `{command}`");
+    let _ = writeln!(
+        out,
+        "- machine: {} CPUs ({}), {:.1} GiB memory, Linux {}",
+        machine.cpus, machine.cpu_model, machine.memory_gib, machine.kernel
+    );
+    let load =
+        |load: Option<f64>| load.map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}"));
+    let _ = writeln!(
+        out,
+        "- 1-minute load average: {} at the start, {} at the end",
+        load(machine.load_average_at_start),
+        load(load_average_at_end)
+    );
+    let _ = writeln!(
+        out,
+        "- bench directory: {} on {} ({}{rotational}, mounted at {})",
+        machine.bench_directory.display(),
+        filesystem.device,
+        filesystem.kind,
+        filesystem.mount_point
+    );
 }
 
 #[cfg(test)]

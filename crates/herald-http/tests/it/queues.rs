@@ -87,7 +87,7 @@ async fn three_consumers_share_a_queue_one_crashes_and_every_event_is_acked_exac
     for worker in workers {
         worker.await.unwrap();
     }
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert_eq!(
         acked.len(),
         EVENTS,
