@@ -100,6 +100,87 @@ fn the_readme_tour_works_end_to_end() {
     let described: Value = serde_json::from_str(&output).unwrap();
     assert_eq!(described["stats"]["backlog"], 0);
     assert_eq!(described["stats"]["acked"], 2);
+    // The queue part: two workers and a dead-letter topic.
+    let output = text(&server.cli(&[
+        "sub",
+        "create",
+        "workers",
+        "--topic",
+        "orders",
+        "--start",
+        "earliest",
+        "--max-deliveries",
+        "3",
+        "--dead-letter-topic",
+        "orders.failed",
+    ]));
+    assert!(output.contains("created subscription workers"), "{output}");
+    let output = text(&server.cli(&[
+        "pull",
+        "workers",
+        "--consumer",
+        "worker-1",
+        "--max",
+        "1",
+        "--ack",
+    ]));
+    assert!(output.contains("acked 1 of 1"), "{output}");
+    let output = text(&server.cli(&[
+        "pull",
+        "workers",
+        "--consumer",
+        "worker-2",
+        "--max",
+        "1",
+        "--nack",
+    ]));
+    assert!(output.contains("nacked 1 of 1"), "{output}");
+    let retried = loop {
+        // The nacked order comes back after its backoff (0.5–1 s).
+        let output = text(&server.cli(&[
+            "--output",
+            "json",
+            "pull",
+            "workers",
+            "--consumer",
+            "worker-2",
+            "--max",
+            "1",
+            "--wait",
+            "5s",
+        ]));
+        let pulled: Value = serde_json::from_str(&output).unwrap();
+        if let Some(delivery) = pulled["deliveries"]
+            .as_array()
+            .and_then(|deliveries| deliveries.first())
+        {
+            break delivery.clone();
+        }
+    };
+    assert_eq!(retried["attempt"], 2);
+    let receipt = retried["receipt"].as_str().unwrap();
+    let output = text(&server.cli(&["reject", "workers", receipt, "--reason", "bad address"]));
+    assert!(output.contains(" ok"), "{output}");
+    let output = text(&server.cli(&["--output", "json", "read", "orders.failed"]));
+    let dead: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        dead["events"][0]["event"]["deadletterreason"],
+        "rejected: bad address"
+    );
+    assert_eq!(dead["events"][0]["event"]["origintopic"], "orders");
+    let output = text(&server.cli(&["dlq", "redrive", "workers"]));
+    assert!(output.contains("redriven 1 events"), "{output}");
+    let output = text(&server.cli(&["--output", "json", "sub", "describe", "workers"]));
+    let described: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        (
+            described["stats"]["acked"].clone(),
+            described["stats"]["dead_lettered"].clone(),
+            described["stats"]["backlog"].clone()
+        ),
+        (json!(1), json!(1), json!(1))
+    );
+
     // After a restart the group resumes after its commit: nothing to pull.
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
