@@ -547,3 +547,60 @@ async fn a_large_backlog_is_read_through_a_bounded_window() {
     let rest = pull(&broker, "workers", "w", 1000).await;
     assert_eq!(rest.len(), 500, "the rest flows once the floor moves");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn retention_keeps_every_segment_a_queue_still_needs() {
+    let directory = tempfile::tempdir().unwrap();
+    let log_config = LogConfig {
+        segment_bytes_max: 4096,
+        batch_bytes_max: 4096,
+        record_bytes_max: 4096,
+        ..LogConfig::default()
+    };
+    let store = LocalStore::open(directory.path(), log_config, OsStorage::shared()).unwrap();
+    let broker = Broker::open(Arc::new(store), BrokerConfig::default())
+        .await
+        .unwrap();
+    let settings = TopicSettings {
+        retention_bytes_max: Some(1),
+        retention_age_max: None,
+        ..TopicSettings::default()
+    };
+    broker.create_topic("jobs", settings).await.unwrap();
+    broker
+        .create_subscription("workers", queue_spec("workers", "jobs"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..200).map(|n| n.to_string()).collect();
+    for chunk in ids.chunks(10) {
+        let events: Vec<(&str, &str, Option<&str>)> =
+            chunk.iter().map(|id| (id.as_str(), "t", None)).collect();
+        publish(&broker, "jobs", &events).await;
+    }
+    // The first event stays unfinished (leased); everything after it is acked.
+    let first = pull(&broker, "workers", "slow", 1).await;
+    loop {
+        let batch = pull(&broker, "workers", "fast", 100).await;
+        if batch.is_empty() {
+            break;
+        }
+        broker
+            .ack("workers", &receipts(&batch), None)
+            .await
+            .unwrap();
+    }
+    broker.apply_retention().await.unwrap();
+    let start = broker.topic_info(&broker.topic("jobs").unwrap()).partitions[0].start_offset;
+    assert_eq!(start, 0, "the segment holding the unfinished event stays");
+    broker
+        .ack("workers", &receipts(&first), None)
+        .await
+        .unwrap();
+    let deleted = broker.apply_retention().await.unwrap();
+    assert!(deleted > 0);
+    let start = broker.topic_info(&broker.topic("jobs").unwrap()).partitions[0].start_offset;
+    assert!(
+        start > 0,
+        "once done, the queue no longer holds the segments back"
+    );
+}
