@@ -87,6 +87,9 @@ struct PublishArgs {
     /// Partitions of the topic.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+    /// The topic's deduplication window, e.g. 2m or 1ms [default: the server's, 2m].
+    #[arg(long, value_name = "DURATION")]
+    dedup_window: Option<String>,
     /// Worker threads of the load generator (it shares the cores with the server).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -216,6 +219,7 @@ fn run_publish(arguments: PublishArgs) -> anyhow::Result<()> {
         events_per_batch: arguments.batch.unwrap_or(if quick { 20 } else { 100 }),
         event_bytes: arguments.event_bytes,
         partitions: arguments.partitions,
+        dedup_window: arguments.dedup_window,
         round_duration,
         warmup,
         rounds: arguments.rounds.unwrap_or(if quick { 1 } else { 3 }),

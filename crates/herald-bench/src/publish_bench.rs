@@ -56,6 +56,8 @@ pub struct PublishOptions {
     /// Bytes of each event's JSON.
     pub event_bytes: usize,
     pub partitions: u32,
+    /// The topic's deduplication window (e.g. `2m`); the server's default when `None`.
+    pub dedup_window: Option<String>,
     /// The measured window of each round (and the raw loop's time, within its byte limit).
     pub round_duration: Duration,
     pub warmup: Duration,
@@ -92,6 +94,8 @@ pub struct PublishReport {
     pub events_per_batch: u32,
     pub event_bytes: usize,
     pub partitions: u32,
+    /// The topic's deduplication window when set by `--dedup-window`, else the server's default.
+    pub dedup_window: Option<String>,
     /// Bytes of one request body.
     pub body_bytes: usize,
     /// Bytes of the log frame Herald writes for one batch: the raw loop's chunk.
@@ -127,6 +131,10 @@ pub struct PublishFigures {
     /// CPU seconds per second of the window: 2.0 is both cores of a 2-core machine.
     pub server_cpu_cores: Option<f64>,
     pub bench_cpu_cores: Option<f64>,
+    /// CPU time per stored event, in microseconds (median over the rounds): what the server and
+    /// the load generator each spend on one event.
+    pub server_cpu_micros_per_event: Option<f64>,
+    pub bench_cpu_micros_per_event: Option<f64>,
     /// Segment file bytes per stored event, read from the data directory at the end of a
     /// round: checks that the raw loop's chunk has Herald's size.
     pub segment_bytes_per_event: Option<f64>,
@@ -147,6 +155,8 @@ pub struct PublishRound {
     pub ratio_to_raw: f64,
     pub server_cpu_cores: Option<f64>,
     pub bench_cpu_cores: Option<f64>,
+    pub server_cpu_micros_per_event: Option<f64>,
+    pub bench_cpu_micros_per_event: Option<f64>,
     pub raw_cpu_cores: Option<f64>,
     pub segment_bytes_per_event: Option<f64>,
     /// How long the server took to stop after SIGTERM.
@@ -279,6 +289,11 @@ pub fn run(
         let load = herald.load;
         let seconds = load.elapsed.as_secs_f64();
         let events_per_second = load.events as f64 / seconds;
+        let micros_per_event = |cores: Option<f64>| {
+            cores
+                .filter(|_| events_per_second > 0.0)
+                .map(|cores| cores / events_per_second * 1e6)
+        };
         let mut round_latencies = load.latencies_micros.clone();
         round_latencies.sort_unstable();
         let segment_bytes_per_event = herald
@@ -297,6 +312,8 @@ pub fn run(
             ratio_to_raw: events_per_second / raw_events_per_second,
             server_cpu_cores: load.server_cpu_cores,
             bench_cpu_cores: load.bench_cpu_cores,
+            server_cpu_micros_per_event: micros_per_event(load.server_cpu_cores),
+            bench_cpu_micros_per_event: micros_per_event(load.bench_cpu_cores),
             raw_cpu_cores: raw.cpu_cores,
             segment_bytes_per_event,
             shutdown_seconds: herald.shutdown.map(|shutdown| shutdown.as_secs_f64()),
@@ -343,6 +360,12 @@ pub fn run(
             .map_or(0.0, |&micros| f64::from(micros) / 1e3),
         server_cpu_cores: median_cpu(rounds.iter().map(|round| round.server_cpu_cores)),
         bench_cpu_cores: median_cpu(rounds.iter().map(|round| round.bench_cpu_cores)),
+        server_cpu_micros_per_event: median_cpu(
+            rounds.iter().map(|round| round.server_cpu_micros_per_event),
+        ),
+        bench_cpu_micros_per_event: median_cpu(
+            rounds.iter().map(|round| round.bench_cpu_micros_per_event),
+        ),
         segment_bytes_per_event: (!segment_figures.is_empty()).then(|| median(segment_figures)),
         body_copies,
     };
@@ -370,6 +393,7 @@ pub fn run(
         events_per_batch: options.events_per_batch,
         event_bytes: options.event_bytes,
         partitions: options.partitions,
+        dedup_window: options.dedup_window.clone(),
         body_bytes,
         frame_bytes,
         seconds_per_round: options.round_duration.as_secs_f64(),
@@ -402,6 +426,7 @@ fn managed_round(
         &load_config.base_url,
         MANAGED_TOPIC,
         options.partitions,
+        options.dedup_window.as_deref(),
     ))?;
     let load = publish_load::run_load(runtime, &load_config, &|| process.cpu_seconds())
         .with_context(|| format!("server log:\n{}", process.log_tail()));
@@ -434,7 +459,12 @@ fn existing_round(
     let url = url.trim_end_matches('/');
     load_config.base_url = url.to_owned();
     load_config.topic = topic.to_owned();
-    runtime.block_on(publish_load::create_topic(url, topic, options.partitions))?;
+    runtime.block_on(publish_load::create_topic(
+        url,
+        topic,
+        options.partitions,
+        options.dedup_window.as_deref(),
+    ))?;
     let load = publish_load::run_load(runtime, &load_config, &|| None);
     let deleted = runtime.block_on(publish_load::delete_topic(url, topic));
     let load = load?;

@@ -323,14 +323,24 @@ struct ConnectionRun {
     body_copies: u64,
 }
 
-/// Creates `config.topic` with `partitions` partitions (or confirms it exists).
-pub async fn create_topic(base_url: &str, topic: &str, partitions: u32) -> anyhow::Result<()> {
+/// Creates `topic` with `partitions` partitions and, when given, a deduplication window (a
+/// duration such as `2m`; the server's default otherwise), or confirms it exists.
+pub async fn create_topic(
+    base_url: &str,
+    topic: &str,
+    partitions: u32,
+    dedup_window: Option<&str>,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{base_url}/v1/topics/{topic}");
+    let mut settings = serde_json::json!({ "partitions": partitions });
+    if let Some(window) = dedup_window {
+        settings["dedup_window"] = serde_json::Value::from(window);
+    }
     let response = client
         .put(&url)
         .header(CONTENT_TYPE, "application/json")
-        .body(format!("{{\"partitions\":{partitions}}}"))
+        .body(settings.to_string())
         .send()
         .await
         .with_context(|| format!("PUT {url}"))?;

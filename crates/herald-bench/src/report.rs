@@ -248,13 +248,17 @@ impl PublishReport {
         let _ = writeln!(
             out,
             "- load: {} connections, one request in flight each, batches of {} CloudEvents of {} B \
-             (application/cloudevents-batch+json, {} B per request), topic of {} partition(s), \
-             fsync {}; load generator: reqwest on {} Tokio worker thread(s), same machine",
+             (application/cloudevents-batch+json, {} B per request), topic of {} partition(s) \
+             with a dedup window of {}, fsync {}; load generator: reqwest on {} Tokio worker \
+             thread(s), same machine",
             self.connections,
             self.events_per_batch,
             self.event_bytes,
             self.body_bytes,
             self.partitions,
+            self.dedup_window
+                .as_deref()
+                .unwrap_or("the server's default"),
             self.fsync
                 .as_deref()
                 .unwrap_or("as configured on the server"),
@@ -291,14 +295,17 @@ impl PublishReport {
         };
         let _ = writeln!(
             out,
-            "| | events/s | payload MB/s | disk MB/s | requests/s | latency p50 / p99 / max (ms) | CPU cores |"
+            "| | events/s | payload MB/s | disk MB/s | requests/s | latency p50 / p99 / max (ms) | CPU cores | CPU µs per event |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         let herald = &self.herald;
+        let micros = |micros: Option<f64>| {
+            micros.map_or_else(|| "?".to_owned(), |micros| format!("{micros:.2}"))
+        };
         let _ = writeln!(
             out,
-            "| Herald, fsync {} | {} | {:.1} | {:.1} | {} | {:.2} / {:.2} / {:.2} | server {}, bench {} |",
-            self.fsync.as_deref().unwrap_or("?"),
+            "| Herald, fsync {} | {} | {:.1} | {:.1} | {} | {:.2} / {:.2} / {:.2} | server {}, bench {} | server {}, bench {} |",
+            self.fsync.as_deref().unwrap_or("as the server has it"),
             format_rate(herald.events_per_second),
             herald.payload_megabytes_per_second,
             herald.disk_megabytes_per_second,
@@ -308,11 +315,14 @@ impl PublishReport {
             herald.latency_max_millis,
             cores(herald.server_cpu_cores),
             cores(herald.bench_cpu_cores),
+            micros(herald.server_cpu_micros_per_event),
+            micros(herald.bench_cpu_micros_per_event),
         );
         let raw = &self.raw;
+        let raw_events_per_second = raw.records_per_second;
         let _ = writeln!(
             out,
-            "| raw {} | {} | {:.1} | {:.1} | {} fsyncs/s | - | {} |",
+            "| raw {} | {} | {:.1} | {:.1} | {} fsyncs/s | - | {} | {} |",
             raw.name,
             format_rate(raw.records_per_second),
             raw.megabytes_per_second
@@ -321,6 +331,11 @@ impl PublishReport {
             raw.megabytes_per_second,
             format_rate(raw.megabytes_per_second * 1e6 / self.frame_bytes as f64),
             cores(raw.cpu_cores),
+            micros(
+                raw.cpu_cores
+                    .filter(|_| raw_events_per_second > 0.0)
+                    .map(|cores| cores / raw_events_per_second * 1e6)
+            ),
         );
         let ratios = self.round_results.iter().map(|round| round.ratio_to_raw);
         let lowest = ratios.clone().fold(f64::INFINITY, f64::min);

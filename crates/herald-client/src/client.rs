@@ -484,7 +484,7 @@ impl Client {
             let problem = decode_problem(status.as_u16(), content_type.as_deref(), &body);
             return Err(ClientError::Problem {
                 status: status.as_u16(),
-                problem,
+                problem: Box::new(problem),
             });
         }
         Ok((response, label))

@@ -22,7 +22,7 @@ pub enum ClientError {
     /// The server answered with a 4xx or 5xx status. When the body was not `problem+json` the
     /// problem is synthesized from the status and the body text.
     #[error("{status} {}", problem_summary(problem))]
-    Problem { status: u16, problem: Problem },
+    Problem { status: u16, problem: Box<Problem> },
     /// The server answered 2xx with a body this client could not decode.
     #[error("cannot decode the answer to {request}: {source}")]
     Decode {
@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(problem.detail, "");
         let error = ClientError::Problem {
             status: 503,
-            problem,
+            problem: Box::new(problem),
         };
         assert_eq!(error.to_string(), "503 Service Unavailable");
     }
@@ -227,7 +227,7 @@ mod tests {
         );
         let error = ClientError::Problem {
             status: 409,
-            problem,
+            problem: Box::new(problem),
         };
         assert_eq!(
             error.to_string(),

@@ -18,7 +18,7 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: String,
     /// Extra members, such as `start_offset` for a 416.
-    pub extra: Map<String, Value>,
+    pub extra: Vec<(&'static str, Value)>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_seconds: Option<u32>,
 }
@@ -35,7 +35,7 @@ impl Problem {
             slug,
             title,
             detail: detail.into(),
-            extra: Map::new(),
+            extra: Vec::new(),
             retry_after_seconds: None,
         }
     }
@@ -82,8 +82,8 @@ impl Problem {
         problem
     }
 
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra.push((key, value));
         self
     }
 }
@@ -190,7 +190,11 @@ impl IntoResponse for Problem {
         body.insert("title".into(), json!(self.title));
         body.insert("status".into(), json!(self.status.as_u16()));
         body.insert("detail".into(), json!(self.detail));
-        body.extend(self.extra);
+        body.extend(
+            self.extra
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value)),
+        );
         let mut response = (self.status, Value::Object(body).to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
