@@ -10,9 +10,9 @@
 //! The index is bounded by `entries_max`: past it the oldest entries are forgotten early, which
 //! shortens the effective window under very high publish rates (documented).
 
-use std::collections::hash_map::RandomState;
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// A deduplication key.
 pub type DedupKey = u128;
@@ -56,10 +56,31 @@ pub enum Lookup {
     InFlight,
 }
 
+/// Keys are already SipHash outputs: hashing them again would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used (keys are u128); fold anything else in for completeness.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
 /// The window of one topic.
 #[derive(Debug)]
 pub struct DedupIndex {
-    entries: HashMap<DedupKey, Entry>,
+    entries: HashMap<DedupKey, Entry, BuildHasherDefault<PassThrough>>,
     /// Stored keys by the time they were stored, oldest first.
     order: VecDeque<(u64, DedupKey)>,
     window_ms: u64,
@@ -69,7 +90,7 @@ pub struct DedupIndex {
 impl DedupIndex {
     pub fn new(window_ms: u64, entries_max: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
             window_ms,
             entries_max,
@@ -84,22 +105,22 @@ impl DedupIndex {
                 break;
             }
             self.order.pop_front();
-            if matches!(self.entries.get(&key), Some(Entry::Stored { .. })) {
-                self.entries.remove(&key);
+            // One lookup in the common case; a key reserved again meanwhile stays reserved.
+            if let Some(Entry::Pending) = self.entries.remove(&key) {
+                self.entries.insert(key, Entry::Pending);
             }
         }
     }
 
     /// Looks a key up, reserving it when it is free.
     pub fn lookup_or_reserve(&mut self, key: DedupKey) -> Lookup {
-        match self.entries.get(&key) {
-            Some(Entry::Stored { partition, offset }) => Lookup::Duplicate {
-                partition: *partition,
-                offset: *offset,
+        match self.entries.entry(key) {
+            MapEntry::Occupied(found) => match *found.get() {
+                Entry::Stored { partition, offset } => Lookup::Duplicate { partition, offset },
+                Entry::Pending => Lookup::InFlight,
             },
-            Some(Entry::Pending) => Lookup::InFlight,
-            None => {
-                self.entries.insert(key, Entry::Pending);
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(Entry::Pending);
                 Lookup::Reserved
             }
         }
