@@ -453,7 +453,9 @@ impl Broker {
             _ => {
                 let key = ReceiptKey::generate()
                     .map_err(|error| BrokerError::Storage(StoreError::Worker(error.to_string())))?;
-                store.put_setting(RECEIPT_KEY_SETTING, key.bytes().to_vec())?;
+                store
+                    .put_setting(RECEIPT_KEY_SETTING, key.bytes().to_vec())
+                    .await?;
                 key
             }
         };
@@ -669,7 +671,8 @@ impl Broker {
             _ => 1,
         };
         self.store
-            .put_setting(NEXT_ID_SETTING, (next + 1).to_le_bytes().to_vec())?;
+            .put_setting(NEXT_ID_SETTING, (next + 1).to_le_bytes().to_vec())
+            .await?;
         Ok(next)
     }
 

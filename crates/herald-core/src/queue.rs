@@ -355,7 +355,31 @@ async fn settle_failures(
         }
     }
     for (topic_id, partition, offset, reason) in dead {
-        dead_letter(broker, subscription, topic_id, partition, offset, &reason).await?;
+        if let Err(error) =
+            dead_letter(broker, subscription, topic_id, partition, offset, &reason).await
+        {
+            // The dead letter was not stored (a full disk, say): the event must not stay parked
+            // on a lease to nobody. It becomes pending again and is retried like any failure.
+            let mut state = lock(&group.state);
+            let retry_at = broker
+                .clock_ms()
+                .saturating_add(subscription.spec.retry.initial_ms);
+            if let Some(slot) = state
+                .partitions
+                .get_mut(&(topic_id, partition))
+                .and_then(|entry| entry.slots.get_mut(&offset))
+            {
+                slot.state = SlotState::Pending {
+                    not_before_ms: retry_at,
+                };
+            }
+            drop(state);
+            let _ = broker
+                .store
+                .commit_queue_changes(subscription.id, changes)
+                .await;
+            return Err(error);
+        }
         let mut state = lock(&group.state);
         state.dead_lettered += 1;
         if let Some(entry) = state.partitions.get_mut(&(topic_id, partition)) {
@@ -982,7 +1006,8 @@ pub(crate) async fn redrive(
     }
     broker
         .store
-        .put_setting(&cursor_key, cursor.to_le_bytes().to_vec())?;
+        .put_setting(&cursor_key, cursor.to_le_bytes().to_vec())
+        .await?;
     Ok(events.len())
 }
 

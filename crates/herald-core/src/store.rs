@@ -135,7 +135,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
     fn put_service(&self, service: ServiceRecord) -> BoxFuture<'_, Result<(), StoreError>>;
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put_setting(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    /// Stores a setting durably (off the async threads).
+    fn put_setting(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// How long the store's syncs took, for metrics (`None` when it does not know).
     fn sync_histogram(&self) -> Option<SyncHistogram>;
@@ -504,8 +505,12 @@ impl Store for LocalStore {
         Ok(self.inner.meta.setting(key)?)
     }
 
-    fn put_setting(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        Ok(self.inner.meta.put_setting(key, &value)?)
+    fn put_setting(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        Box::pin(blocking(move || {
+            Ok(inner.meta.put_setting(&key, &value)?)
+        }))
     }
 
     fn sync_histogram(&self) -> Option<SyncHistogram> {
