@@ -360,20 +360,21 @@ async fn settle_failures(
         {
             // The dead letter was not stored (a full disk, say): the event must not stay parked
             // on a lease to nobody. It becomes pending again and is retried like any failure.
-            let mut state = lock(&group.state);
-            let retry_at = broker
-                .clock_ms()
-                .saturating_add(subscription.spec.retry.initial_ms);
-            if let Some(slot) = state
-                .partitions
-                .get_mut(&(topic_id, partition))
-                .and_then(|entry| entry.slots.get_mut(&offset))
             {
-                slot.state = SlotState::Pending {
-                    not_before_ms: retry_at,
-                };
+                let mut state = lock(&group.state);
+                let retry_at = broker
+                    .clock_ms()
+                    .saturating_add(subscription.spec.retry.initial_ms);
+                if let Some(slot) = state
+                    .partitions
+                    .get_mut(&(topic_id, partition))
+                    .and_then(|entry| entry.slots.get_mut(&offset))
+                {
+                    slot.state = SlotState::Pending {
+                        not_before_ms: retry_at,
+                    };
+                }
             }
-            drop(state);
             let _ = broker
                 .store
                 .commit_queue_changes(subscription.id, changes)
