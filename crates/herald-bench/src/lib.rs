@@ -9,6 +9,8 @@
 //!   over HTTP (batches of CloudEvents from N connections), each round right after a raw
 //!   `write` + `fdatasync` loop of one batch frame.
 //! - [`publish_load`]: its load generator, cheap enough to share the machine with the server.
+//! - [`queue_bench`]: the `herald-bench queue` run: draining a queue subscription with competing
+//!   consumers (pull + ack), and the publish-to-delivery latency of a long-polling consumer.
 //! - [`herald_process`]: starting, watching and stopping a `herald serve` process.
 //! - [`raw_disk`]: the baselines: plain `write` (+ `fdatasync`) and `pread` loops with no log.
 //! - [`workload`]: the records and batches every case and the criterion benches use, and the
@@ -27,6 +29,7 @@ pub mod log_bench;
 pub mod machine;
 pub mod publish_bench;
 pub mod publish_load;
+pub mod queue_bench;
 pub mod raw_disk;
 pub mod report;
 pub mod workload;

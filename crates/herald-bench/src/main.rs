@@ -10,6 +10,7 @@ use herald_bench::herald_process;
 use herald_bench::log_bench::{self, Options};
 use herald_bench::machine::default_scratch_root;
 use herald_bench::publish_bench::{self, PublishOptions, ServerChoice};
+use herald_bench::queue_bench::{self, QueueOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", about = "Measures Herald on this machine")]
@@ -25,6 +26,9 @@ enum Command {
     /// Durable publishing over HTTP: the real `herald serve` (started here, or --server) taking
     /// batches of CloudEvents from N connections, each round next to a raw write+fdatasync loop.
     Publish(PublishArgs),
+    /// Queue subscriptions of the real `herald serve`: draining a pre-filled queue with competing
+    /// consumers (pull + ack), then the publish-to-delivery latency of a long-polling consumer.
+    Queue(QueueArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +120,57 @@ struct PublishArgs {
     allow_tmpfs: bool,
 }
 
+#[derive(Debug, Args)]
+struct QueueArgs {
+    /// Events pre-filled and drained by the throughput phase, a multiple of 1,000 [default:
+    /// 200000, or 20000 with --quick].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Competing consumers of the throughput phase.
+    #[arg(long, default_value_t = 4)]
+    consumers: u32,
+    /// `max` of each pull of the throughput phase.
+    #[arg(long, default_value_t = 100)]
+    pull_max: u32,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Bytes of each event's JSON.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Events per second the latency phase publishes.
+    #[arg(long, default_value_t = 5000)]
+    latency_rate: u32,
+    /// Events per publish request of the latency phase.
+    #[arg(long, default_value_t = 50)]
+    latency_batch: u32,
+    /// Seconds of the latency phase [default: 10, or 2 with --quick].
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// The fsync policy of the server [default: always].
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// Worker threads of the load generator (it shares the cores with the server).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Small sizes: checks that the bench works in a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// The herald binary to start [default: `herald` next to herald-bench].
+    #[arg(long, value_name = "PATH")]
+    herald: Option<PathBuf>,
+    /// Where the server's data goes (a fresh directory inside it, removed afterwards). Must be on
+    /// the disk under test. Default: the workspace's target/ directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as markdown or as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
+    /// Run even if the directory is in memory (tmpfs); the figures are then meaningless.
+    #[arg(long)]
+    allow_tmpfs: bool,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Fsync {
     Always,
@@ -128,11 +183,30 @@ enum Output {
     Json,
 }
 
+impl Fsync {
+    fn policy(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Never => "never",
+        }
+    }
+}
+
+impl Output {
+    fn print(self, markdown: impl FnOnce() -> String, json: impl FnOnce() -> String) {
+        match self {
+            Output::Markdown => print!("{}", markdown()),
+            Output::Json => println!("{}", json()),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(arguments) => run_log(arguments),
         Command::Publish(arguments) => run_publish(arguments),
+        Command::Queue(arguments) => run_queue(arguments),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -164,10 +238,9 @@ fn run_log(arguments: LogArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = log_bench::run(&options, &mut |line| eprintln!("{line}"))?;
-    match arguments.output {
-        Output::Markdown => print!("{}", report.to_markdown()),
-        Output::Json => println!("{}", report.to_json()),
-    }
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
     Ok(())
 }
 
@@ -205,11 +278,7 @@ fn run_publish(arguments: PublishArgs) -> anyhow::Result<()> {
                 Some(binary) => binary,
                 None => herald_process::default_binary()?,
             },
-            fsync: match fsync.unwrap_or(Fsync::Always) {
-                Fsync::Always => "always",
-                Fsync::Never => "never",
-            }
-            .to_owned(),
+            fsync: fsync.unwrap_or(Fsync::Always).policy().to_owned(),
         },
     };
     let options = PublishOptions {
@@ -229,9 +298,45 @@ fn run_publish(arguments: PublishArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = publish_bench::run(&options, &mut |line| eprintln!("{line}"))?;
-    match arguments.output {
-        Output::Markdown => print!("{}", report.to_markdown()),
-        Output::Json => println!("{}", report.to_json()),
-    }
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
+    Ok(())
+}
+
+fn run_queue(arguments: QueueArgs) -> anyhow::Result<()> {
+    let quick = arguments.quick;
+    let latency_duration = seconds_arg(
+        "latency-seconds",
+        arguments
+            .latency_seconds
+            .unwrap_or(if quick { 2.0 } else { 10.0 }),
+    )?;
+    let options = QueueOptions {
+        scratch_root: arguments.dir.unwrap_or_else(default_scratch_root),
+        binary: match arguments.herald {
+            Some(binary) => binary,
+            None => herald_process::default_binary()?,
+        },
+        fsync: arguments.fsync.unwrap_or(Fsync::Always).policy().to_owned(),
+        partitions: arguments.partitions,
+        events: arguments
+            .events
+            .unwrap_or(if quick { 20_000 } else { 200_000 }),
+        event_bytes: arguments.event_bytes,
+        consumers: arguments.consumers,
+        pull_max: arguments.pull_max,
+        latency_rate: arguments.latency_rate,
+        latency_batch: arguments.latency_batch,
+        latency_duration,
+        client_threads: arguments.client_threads,
+        quick,
+        allow_in_memory: arguments.allow_tmpfs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = queue_bench::run(&options, &mut |line| eprintln!("{line}"))?;
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::log_bench::{median, median_cpu, median_of, raw_result};
 use crate::machine::{self, MachineFacts};
 use crate::publish_load::{self, LoadConfig, LoadRun};
 use crate::raw_disk;
-use crate::report::{Goal, RawResult};
+use crate::report::{Goal, RawResult, percentile_millis};
 use crate::workload::Budget;
 
 /// The goal for durable publishing, in events per second.
@@ -483,16 +483,6 @@ fn settle(scratch: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("syncing {}", scratch.display()))
 }
 
-/// The value at `fraction` of sorted microseconds, in milliseconds (nearest rank).
-fn percentile_millis(sorted_micros: &[u32], fraction: f64) -> f64 {
-    if sorted_micros.is_empty() {
-        return 0.0;
-    }
-    let rank =
-        ((sorted_micros.len() as f64 * fraction).ceil() as usize).clamp(1, sorted_micros.len());
-    f64::from(sorted_micros[rank - 1]) / 1e3
-}
-
 /// The goal: at least 600,000 durable events/s under `fsync always` (not judged on a
 /// `--quick` run).
 fn goals(
@@ -518,18 +508,4 @@ fn goals(
         ),
         met: herald.events_per_second >= GOAL_EVENTS_PER_SECOND,
     }]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let micros: Vec<u32> = (1..=100).map(|n| n * 1000).collect();
-        assert_eq!(percentile_millis(&micros, 0.50), 50.0);
-        assert_eq!(percentile_millis(&micros, 0.99), 99.0);
-        assert_eq!(percentile_millis(&[], 0.5), 0.0);
-        assert_eq!(percentile_millis(&[1500], 0.99), 1.5);
-    }
 }

@@ -217,7 +217,8 @@ pub fn count_duplicate_flags(body: &[u8]) -> (u64, u64) {
     (fresh, duplicates)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut at = 0;
     while at + needle.len() <= haystack.len() {
@@ -331,16 +332,19 @@ pub async fn create_topic(
     partitions: u32,
     dedup_window: Option<&str>,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let url = format!("{base_url}/v1/topics/{topic}");
     let mut settings = serde_json::json!({ "partitions": partitions });
     if let Some(window) = dedup_window {
         settings["dedup_window"] = serde_json::Value::from(window);
     }
-    let response = client
-        .put(&url)
+    put_json(&format!("{base_url}/v1/topics/{topic}"), &settings).await
+}
+
+/// `PUT url` with a JSON body (creating a topic or a subscription); fails unless it answers 2xx.
+pub async fn put_json(url: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .put(url)
         .header(CONTENT_TYPE, "application/json")
-        .body(settings.to_string())
+        .body(body.to_string())
         .send()
         .await
         .with_context(|| format!("PUT {url}"))?;
@@ -481,6 +485,66 @@ struct Window {
     end: Instant,
 }
 
+/// Posts the template's next batch and checks that every event was stored as new. Returns
+/// whether the body had to be copied (see [`BatchTemplate::reclaim`]).
+pub async fn publish_batch(
+    client: &reqwest::Client,
+    url: &str,
+    template: &mut BatchTemplate,
+) -> anyhow::Result<bool> {
+    let body = template.next_body();
+    let (status, answer) = post(client, url, BATCH_CONTENT_TYPE, body.clone()).await?;
+    let copied = template.reclaim(body);
+    check_published(url, status, &answer, u64::from(template.events()))
+        .with_context(|| format!("source {}", template.source()))?;
+    Ok(copied)
+}
+
+/// `POST url` with `body`; the status and the whole answer.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let response = client
+        .post(url)
+        .header(CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let answer = response
+        .bytes()
+        .await
+        .with_context(|| format!("reading the answer of POST {url}"))?;
+    Ok((status, answer))
+}
+
+/// Checks a publish answer: 201 and `events` events stored, none a duplicate.
+pub fn check_published(
+    url: &str,
+    status: StatusCode,
+    answer: &[u8],
+    events: u64,
+) -> anyhow::Result<()> {
+    if status != StatusCode::CREATED {
+        bail!(
+            "POST {url} answered {status}: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(500)])
+        );
+    }
+    let (fresh, duplicates) = count_duplicate_flags(answer);
+    if duplicates > 0 || fresh != events {
+        bail!(
+            "POST {url} stored {fresh} of {events} events ({duplicates} duplicates): every \
+             event must be new for the rate to mean anything"
+        );
+    }
+    Ok(())
+}
+
 async fn connection(
     client: reqwest::Client,
     url: String,
@@ -491,38 +555,11 @@ async fn connection(
     let payload_bytes = template.payload_bytes();
     let mut run = ConnectionRun::default();
     while Instant::now() < window.end {
-        let body = template.next_body();
         let sent = Instant::now();
-        let response = client
-            .post(&url)
-            .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
-            .body(body.clone())
-            .send()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status();
-        let answer = response
-            .bytes()
-            .await
-            .with_context(|| format!("reading the answer of POST {url}"))?;
-        let answered = Instant::now();
-        if template.reclaim(body) {
+        if publish_batch(&client, &url, &mut template).await? {
             run.body_copies += 1;
         }
-        if status != StatusCode::CREATED {
-            bail!(
-                "POST {url} answered {status}: {}",
-                String::from_utf8_lossy(&answer[..answer.len().min(500)])
-            );
-        }
-        let (fresh, duplicates) = count_duplicate_flags(&answer);
-        if duplicates > 0 || fresh != events {
-            bail!(
-                "POST {url} stored {fresh} of {events} events ({duplicates} duplicates): every \
-                 event must be new for the rate to mean anything (source {})",
-                template.source()
-            );
-        }
+        let answered = Instant::now();
         run.events_total += events;
         if answered >= window.start && answered < window.end {
             run.requests += 1;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::machine::MachineFacts;
 pub use crate::publish_bench::PublishReport;
+pub use crate::queue_bench::QueueReport;
 
 /// Everything one `herald-bench log` run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -216,12 +217,7 @@ impl Report {
             }
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "| goal | measured | met |");
-        let _ = writeln!(out, "|---|---|---|");
-        for goal in &self.goals {
-            let met = if goal.met { "yes" } else { "**no**" };
-            let _ = writeln!(out, "| {} | {} | {met} |", goal.goal, goal.measured);
-        }
+        write_goals(&mut out, &self.goals);
         out
     }
 }
@@ -378,15 +374,139 @@ impl PublishReport {
         }
         if !self.goals.is_empty() {
             let _ = writeln!(out);
-            let _ = writeln!(out, "| goal | measured | met |");
-            let _ = writeln!(out, "|---|---|---|");
-            for goal in &self.goals {
-                let met = if goal.met { "yes" } else { "**no**" };
-                let _ = writeln!(out, "| {} | {} | {met} |", goal.goal, goal.measured);
-            }
+            write_goals(&mut out, &self.goals);
         }
         out
     }
+}
+
+impl QueueReport {
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of numbers and strings cannot fail.
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "## herald-bench queue");
+        let _ = writeln!(out);
+        write_context(
+            &mut out,
+            &self.git_commit,
+            &self.command,
+            &self.machine,
+            self.load_average_at_end,
+        );
+        let _ = writeln!(
+            out,
+            "- server: {}, fsync {}; topic of {} partition(s), events of {} B; load generator: \
+             reqwest on {} Tokio worker thread(s), same machine{}",
+            self.server,
+            self.fsync,
+            self.partitions,
+            self.event_bytes,
+            self.client_threads,
+            if self.quick {
+                " (--quick: small sizes, rough figures)"
+            } else {
+                ""
+            }
+        );
+        let cores = |cores: Option<f64>| {
+            cores.map_or_else(|| "?".to_owned(), |cores| format!("{cores:.2}"))
+        };
+        let t = &self.throughput;
+        let _ = writeln!(
+            out,
+            "- throughput: {} events pre-filled (batches of 1,000, {} events/s), then drained by \
+             {} competing consumers, each looping pull (max {}, wait 1s) + ack of every receipt",
+            t.events,
+            format_rate(t.prefill_events_per_second),
+            t.consumers,
+            t.pull_max,
+        );
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "- latency: {} events/s published in batches of {} (one request per batch, paced by \
+             a timer) for {:.1} s; one consumer long-polling (max 100, wait 20s), acking each \
+             batch; latency = end of the pull answer − the send time carried in the event",
+            l.target_events_per_second, l.events_per_publish, l.seconds,
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| throughput | acked events/s | seconds | pull p50 / p99 (ms) | ack p50 / p99 (ms) | deliveries per pull | pulls (empty) | redeliveries | CPU cores server / bench | server CPU µs per event |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| {} x {} | {} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {} ({}) | {} | {} / {} | {} |",
+            t.consumers,
+            t.pull_max,
+            format_rate(t.events_per_second),
+            t.elapsed_seconds,
+            t.pull_p50_millis,
+            t.pull_p99_millis,
+            t.ack_p50_millis,
+            t.ack_p99_millis,
+            t.deliveries_per_pull,
+            t.pulls,
+            t.empty_pulls,
+            t.redeliveries,
+            cores(t.server_cpu_cores),
+            cores(t.bench_cpu_cores),
+            t.server_cpu_micros_per_event
+                .map_or_else(|| "?".to_owned(), |micros| format!("{micros:.1}")),
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| latency | events | published/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | deliveries per pull | publish p50 / p99 (ms) | server CPU cores |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| {} ev/s | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} / {:.2} | {} |",
+            format_rate(f64::from(l.target_events_per_second)),
+            l.received,
+            format_rate(l.published_per_second),
+            l.p50_millis,
+            l.p99_millis,
+            l.p999_millis,
+            l.max_millis,
+            l.deliveries_per_pull,
+            l.publish_p50_millis,
+            l.publish_p99_millis,
+            cores(l.server_cpu_cores),
+        );
+        if !self.goals.is_empty() {
+            let _ = writeln!(out);
+            write_goals(&mut out, &self.goals);
+        }
+        out
+    }
+}
+
+/// The table of the issue's goals.
+fn write_goals(out: &mut String, goals: &[Goal]) {
+    let _ = writeln!(out, "| goal | measured | met |");
+    let _ = writeln!(out, "|---|---|---|");
+    for goal in goals {
+        let met = if goal.met { "yes" } else { "**no**" };
+        let _ = writeln!(out, "| {} | {} | {met} |", goal.goal, goal.measured);
+    }
+}
+
+/// The value at `fraction` of sorted microseconds, in milliseconds (nearest rank).
+pub fn percentile_millis(sorted_micros: &[u32], fraction: f64) -> f64 {
+    if sorted_micros.is_empty() {
+        return 0.0;
+    }
+    let rank =
+        ((sorted_micros.len() as f64 * fraction).ceil() as usize).clamp(1, sorted_micros.len());
+    f64::from(sorted_micros[rank - 1]) / 1e3
 }
 
 /// The lines every report starts with: commit, command, machine, load, bench directory.
@@ -431,6 +551,15 @@ fn write_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let micros: Vec<u32> = (1..=100).map(|n| n * 1000).collect();
+        assert_eq!(percentile_millis(&micros, 0.50), 50.0);
+        assert_eq!(percentile_millis(&micros, 0.99), 99.0);
+        assert_eq!(percentile_millis(&[], 0.5), 0.0);
+        assert_eq!(percentile_millis(&[1500], 0.99), 1.5);
+    }
 
     #[test]
     fn rates_are_shown_to_three_significant_figures() {

@@ -87,6 +87,8 @@ struct QueueState {
     partitions: HashMap<PartitionKey, QueuePartition>,
     /// Partitions whose stored state was loaded (or that are new).
     next_lease: u32,
+    /// No lease ends before this (a lower bound; `u64::MAX` when there are none).
+    earliest_deadline_ms: u64,
     delivered: u64,
     acked: u64,
     redelivered: u64,
@@ -158,6 +160,7 @@ impl QueueGroup {
         };
         let mut state = QueueState {
             random: seed | 1,
+            earliest_deadline_ms: u64::MAX,
             ..QueueState::default()
         };
         for (topic, partition, floor) in &stored.floors {
@@ -246,16 +249,24 @@ fn expire(
     now_ms: u64,
     failures: &mut Vec<Failure>,
 ) {
+    // Most pulls find nothing due: skip the walk over every slot until the earliest deadline.
+    if now_ms < state.earliest_deadline_ms {
+        return;
+    }
     let mut expired = Vec::new();
+    let mut earliest = u64::MAX;
     for (key, partition) in &state.partitions {
         for (offset, slot) in &partition.slots {
-            if let SlotState::Leased { deadline_ms, .. } = slot.state
-                && deadline_ms <= now_ms
-            {
-                expired.push((*key, *offset, slot.attempts));
+            if let SlotState::Leased { deadline_ms, .. } = slot.state {
+                if deadline_ms <= now_ms {
+                    expired.push((*key, *offset, slot.attempts));
+                } else {
+                    earliest = earliest.min(deadline_ms);
+                }
             }
         }
     }
+    state.earliest_deadline_ms = earliest;
     for (key, offset, attempts) in expired {
         fail_attempt(
             spec,
@@ -637,6 +648,7 @@ pub(crate) async fn pull(
         {
             let mut state = lock(&group.state);
             let lease_deadline = now.saturating_add(spec.ack_timeout_ms);
+            state.earliest_deadline_ms = state.earliest_deadline_ms.min(lease_deadline);
             let start = (state.delivered as usize) % partitions.len().max(1);
             for step in 0..partitions.len() {
                 if chosen.len() >= max {
