@@ -1509,7 +1509,7 @@ impl Broker {
     /// state changes (for the SSE stream).
     pub fn queue_leases(&self, subscription: &Subscription, consumer: &str) -> Option<usize> {
         match &subscription.group {
-            Group::Queue(group) => Some(queue::leased_by(group, consumer)),
+            Group::Queue(group) => Some(queue::leased_by(group, consumer, self.clock_ms())),
             Group::Stream(_) => None,
         }
     }

@@ -38,6 +38,9 @@ type PartitionKey = (u64, u32);
 /// Offsets read ahead of a partition's floor at most; past it a stuck event holds the partition
 /// back instead of growing memory.
 pub const WINDOW_EVENTS_MAX: u64 = 10_000;
+/// Window fills one pull does before it waits, when what it reads yields nothing to deliver.
+const REFILLS_PER_WAIT_MAX: u32 = 64;
+
 /// Longest a lease may be extended to, from now.
 pub const LEASE_MAX: Duration = Duration::from_secs(12 * 3600);
 
@@ -98,7 +101,7 @@ struct QueueState {
 
 impl QueueState {
     fn lease_number(&mut self) -> u32 {
-        self.next_lease = self.next_lease.wrapping_add(1);
+        self.next_lease = self.next_lease.wrapping_add(1).max(1);
         self.next_lease
     }
 
@@ -132,6 +135,9 @@ pub(crate) struct QueueGroup {
     changed: Notify,
     /// Serializes reading into the windows.
     fill_lock: tokio::sync::Mutex<()>,
+    /// Held shared by every change of state until its commit is queued, exclusively by a seek,
+    /// so a seek's reset is never followed in the store by a change made before it.
+    seek_gate: tokio::sync::RwLock<()>,
     filter: Option<Filter>,
     boot: u32,
     closed: AtomicBool,
@@ -191,6 +197,7 @@ impl QueueGroup {
             state: Mutex::new(state),
             changed: Notify::new(),
             fill_lock: tokio::sync::Mutex::new(()),
+            seek_gate: tokio::sync::RwLock::new(()),
             filter,
             boot,
             closed: AtomicBool::new(false),
@@ -230,6 +237,17 @@ enum Failure {
         offset: u64,
         reason: String,
     },
+}
+
+/// How long an event waits parked while its dead letter is being stored.
+const PARK_MS: u64 = 60_000;
+
+fn parked(now_ms: u64) -> SlotState {
+    SlotState::Leased {
+        deadline_ms: now_ms.saturating_add(PARK_MS),
+        lease: 0,
+        consumer: Arc::from(""),
+    }
 }
 
 fn backoff_ms(spec: &SubscriptionSpec, attempts: u32, jitter: u64) -> u64 {
@@ -303,12 +321,10 @@ fn fail_attempt(
         return;
     };
     if attempts >= spec.max_deliveries {
-        // Stays leased (to nobody) until the dead letter is stored, so it is not delivered again.
-        slot.state = SlotState::Leased {
-            deadline_ms: u64::MAX,
-            lease: 0,
-            consumer: Arc::from(""),
-        };
+        // Stays leased (to nobody) until the dead letter is stored, so it is not delivered again;
+        // should the storing never finish (its request dropped), the parking lease runs out and
+        // the event is taken up again.
+        slot.state = parked(now_ms);
         failures.push(Failure::DeadLetter {
             topic: key.0,
             partition: key.1,
@@ -365,31 +381,38 @@ async fn settle_failures(
             } => dead.push((topic, partition, offset, reason)),
         }
     }
-    for (topic_id, partition, offset, reason) in dead {
+    let mut dead = dead.into_iter();
+    while let Some((topic_id, partition, offset, reason)) = dead.next() {
         if let Err(error) =
             dead_letter(broker, subscription, topic_id, partition, offset, &reason).await
         {
-            // The dead letter was not stored (a full disk, say): the event must not stay parked
-            // on a lease to nobody. It becomes pending again and is retried like any failure.
+            // The dead letter was not stored (a full disk, say): no event may stay parked on a
+            // lease to nobody. This one and every one after it become pending again and are
+            // retried like any failure.
             {
                 let mut state = lock(&group.state);
                 let retry_at = broker
                     .clock_ms()
                     .saturating_add(subscription.spec.retry.initial_ms);
-                if let Some(slot) = state
-                    .partitions
-                    .get_mut(&(topic_id, partition))
-                    .and_then(|entry| entry.slots.get_mut(&offset))
+                for (topic_id, partition, offset, _) in
+                    std::iter::once((topic_id, partition, offset, reason)).chain(dead)
                 {
-                    slot.state = SlotState::Pending {
-                        not_before_ms: retry_at,
-                    };
+                    if let Some(slot) = state
+                        .partitions
+                        .get_mut(&(topic_id, partition))
+                        .and_then(|entry| entry.slots.get_mut(&offset))
+                    {
+                        slot.state = SlotState::Pending {
+                            not_before_ms: retry_at,
+                        };
+                    }
                 }
             }
             let _ = broker
                 .store
                 .commit_queue_changes(subscription.id, changes)
                 .await;
+            group.changed.notify_waiters();
             return Err(error);
         }
         let mut state = lock(&group.state);
@@ -626,6 +649,7 @@ pub(crate) async fn pull(
     let deadline = tokio::time::Instant::now() + wait;
     let consumer: Arc<str> = Arc::from(consumer);
     let spec = &subscription.spec;
+    let mut refills = 0;
     loop {
         if group.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::SubscriptionNotFound(subscription.name.clone()));
@@ -636,10 +660,24 @@ pub(crate) async fn pull(
         let mut topics_changed = broker.topics_changed.subscribe();
 
         let partitions = covered(broker, subscription);
+        // The ends as seen now, before reading: an append from here on wakes the wait below.
+        let ends: Vec<(tokio::sync::watch::Receiver<u64>, u64)> = partitions
+            .iter()
+            .filter_map(|(topic, partition)| {
+                broker.store.watch_end(topic.record.id, *partition).ok()
+            })
+            .map(|mut end| {
+                let seen = *end.borrow_and_update();
+                (end, seen)
+            })
+            .collect();
         let now = broker.clock_ms();
         let mut failures = Vec::new();
-        expire(spec, &mut lock(&group.state), now, &mut failures);
-        settle_failures(broker, subscription, group, failures).await?;
+        {
+            let _gate = group.seek_gate.read().await;
+            expire(spec, &mut lock(&group.state), now, &mut failures);
+            settle_failures(broker, subscription, group, failures).await?;
+        }
         fill_windows(broker, group, &partitions).await?;
 
         // Lease what is due, in offset order per partition, partitions in turn.
@@ -675,6 +713,8 @@ pub(crate) async fn pull(
                                 slot.attempts += 1;
                                 leases.push((*offset, slot.attempts));
                             }
+                            // A key-blocked event waits for its blocker, whose time counts.
+                            SlotState::Pending { .. } if key_blocked => {}
                             SlotState::Pending { not_before_ms } => {
                                 next_due = next_due.min(not_before_ms)
                             }
@@ -715,6 +755,26 @@ pub(crate) async fn pull(
         if !chosen.is_empty() {
             return read_deliveries(broker, subscription, group, chosen).await;
         }
+        // Events already stored but not read into the window yet (a chunk the filter refused,
+        // or done before a restart): read on at once rather than wait for a new append.
+        let unread = {
+            let state = lock(&group.state);
+            partitions.iter().any(|(topic, partition)| {
+                let key = (topic.record.id, *partition);
+                let end = broker
+                    .store
+                    .partition_info(key.0, key.1)
+                    .map_or(0, |info| info.end_offset);
+                state.partitions.get(&key).is_some_and(|entry| {
+                    entry.read_to < end && entry.read_to - entry.floor < WINDOW_EVENTS_MAX
+                })
+            })
+        };
+        if unread && refills < REFILLS_PER_WAIT_MAX {
+            refills += 1;
+            continue;
+        }
+        refills = 0;
         let now_instant = tokio::time::Instant::now();
         if now_instant >= deadline {
             return Ok(Vec::new());
@@ -726,14 +786,11 @@ pub(crate) async fn pull(
             (now_instant + Duration::from_millis(next_due.saturating_sub(now).max(1))).min(deadline)
         };
         let mut waits = Vec::new();
-        for (topic, partition) in &partitions {
-            if let Ok(mut end) = broker.store.watch_end(topic.record.id, *partition) {
-                let seen = *end.borrow_and_update();
-                waits.push(Box::pin(async move {
-                    let _ = end.wait_for(|end| *end > seen).await;
-                })
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
-            }
+        for (mut end, seen) in ends {
+            waits.push(Box::pin(async move {
+                let _ = end.wait_for(|end| *end > seen).await;
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
         }
         waits.push(Box::pin(async move {
             let _ = topics_changed.changed().await;
@@ -756,7 +813,30 @@ async fn read_deliveries(
     let mut deliveries = Vec::with_capacity(chosen.len());
     let mut cache: Vec<Record> = Vec::new();
     let mut cache_key = (0u64, u32::MAX);
-    for (topic, partition, offset, attempts, lease, deadline_ms) in chosen {
+    let mut bytes = 0usize;
+    let mut chosen = chosen.into_iter();
+    while let Some((topic, partition, offset, attempts, lease, deadline_ms)) = chosen.next() {
+        if bytes >= broker.config().response_bytes_max {
+            // The answer is full: what was leased beyond it goes back, as if never handed out.
+            let mut state = lock(&group.state);
+            for (topic, partition, offset, _, lease, _) in
+                std::iter::once((topic, partition, offset, attempts, lease, deadline_ms))
+                    .chain(chosen)
+            {
+                let slot = state
+                    .partitions
+                    .get_mut(&(topic.record.id, partition))
+                    .and_then(|entry| entry.slots.get_mut(&offset));
+                if let Some(slot) = slot
+                    && matches!(slot.state, SlotState::Leased { lease: current, .. } if current == lease)
+                {
+                    slot.attempts -= 1;
+                    slot.state = SlotState::Pending { not_before_ms: 0 };
+                }
+                state.delivered -= 1;
+            }
+            break;
+        }
         let key = (topic.record.id, partition);
         let cached = if cache_key == key {
             cache.iter().find(|record| record.offset == offset).cloned()
@@ -782,6 +862,7 @@ async fn read_deliveries(
             offset,
             epoch: group.epoch(lease),
         });
+        bytes += record.payload.len();
         deliveries.push(Delivery {
             receipt,
             attempt: attempts,
@@ -815,6 +896,7 @@ pub(crate) async fn settle(
     action: Settle,
 ) -> Result<Vec<AckStatus>, BrokerError> {
     let spec = &subscription.spec;
+    let _gate = group.seek_gate.read().await;
     let now = broker.clock_ms();
     let mut statuses = Vec::with_capacity(receipts.len());
     let mut changes = QueueChanges::default();
@@ -895,11 +977,7 @@ pub(crate) async fn settle(
                         .get_mut(&key)
                         .and_then(|entry| entry.slots.get_mut(&receipt.offset))
                         .expect("found above");
-                    slot.state = SlotState::Leased {
-                        deadline_ms: u64::MAX,
-                        lease: 0,
-                        consumer: Arc::from(""),
-                    };
+                    slot.state = parked(now);
                     failures.push(Failure::DeadLetter {
                         topic: key.0,
                         partition: key.1,
@@ -934,6 +1012,7 @@ pub(crate) async fn seek(
 ) -> Result<(), BrokerError> {
     let partitions = covered(broker, subscription);
     let targets = crate::stream::seek_positions(broker, &partitions, &target).await?;
+    let _gate = group.seek_gate.write().await;
     let _fill = group.fill_lock.lock().await;
     let mut changes = QueueChanges::default();
     {
@@ -1089,13 +1168,16 @@ pub(crate) async fn stats(
 }
 
 /// Leases a consumer holds now (for the SSE stream's `max_in_flight`).
-pub(crate) fn leased_by(group: &QueueGroup, consumer: &str) -> usize {
+pub(crate) fn leased_by(group: &QueueGroup, consumer: &str, now_ms: u64) -> usize {
     let state = lock(&group.state);
     state
         .partitions
         .values()
         .flat_map(|entry| entry.slots.values())
-        .filter(|slot| matches!(&slot.state, SlotState::Leased { consumer: holder, .. } if holder.as_ref() == consumer))
+        .filter(|slot| {
+            matches!(&slot.state, SlotState::Leased { consumer: holder, deadline_ms, .. }
+                if holder.as_ref() == consumer && *deadline_ms > now_ms)
+        })
         .count()
 }
 

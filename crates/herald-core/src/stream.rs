@@ -544,8 +544,12 @@ pub(crate) async fn seek_positions(
                         && topic.as_ref().is_none_or(|name| name == candidate.name())
                 })
                 .collect();
-            let topics: std::collections::BTreeSet<&str> =
-                covered.iter().map(|(topic, _)| topic.name()).collect();
+            // A queue's own redrive topic is not one of "its topics" for this rule.
+            let topics: std::collections::BTreeSet<&str> = covered
+                .iter()
+                .map(|(topic, _)| topic.name())
+                .filter(|name| !name.starts_with("_redrive."))
+                .collect();
             if topic.is_none() && topics.len() > 1 {
                 return Err(BrokerError::Invalid(format!(
                     "this subscription covers {} topics; name one with \"topic\" beside \"partition\" and \"offset\"",

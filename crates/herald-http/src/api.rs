@@ -923,13 +923,15 @@ async fn settle(
                     "nack takes \"receipts\" and an optional \"delay\"",
                 ));
             }
-            Settle::Nack {
-                delay: request
-                    .delay
-                    .as_deref()
-                    .map(|text| parse_duration_field("delay", text))
-                    .transpose()?,
+            let delay = request
+                .delay
+                .as_deref()
+                .map(|text| parse_duration_field("delay", text))
+                .transpose()?;
+            if delay.is_some_and(|delay| delay > herald_core::queue::LEASE_MAX) {
+                return Err(Problem::bad_request("delay may be at most 12h"));
             }
+            Settle::Nack { delay }
         }
         "extend" => {
             if request.delay.is_some() || request.reason.is_some() {

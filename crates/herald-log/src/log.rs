@@ -708,6 +708,14 @@ impl Inner {
             .active_first_timestamp_ms
             .is_some_and(|first_ms| first_timestamp.saturating_sub(first_ms) >= age_max_ms);
         if segment_has_records && (too_big || too_old) {
+            if state.syncing {
+                // Rolling needs the syncer role too. Never wait for it while holding the writer
+                // role: the recovery of a failed sync holds the syncer role and waits for the
+                // writer, so both would wait forever. Give the writer role back and wait instead.
+                state.writing = false;
+                self.writer_changed.notify_all();
+                return self.wait_special(state);
+            }
             let (new_state, rolled) = self.roll_locked(state);
             state = new_state;
             if let Err(error) = rolled {
@@ -980,9 +988,9 @@ impl Inner {
         &'a self,
         mut state: MutexGuard<'a, WriterState>,
     ) -> (MutexGuard<'a, WriterState>, Result<(), AppendError>) {
-        while state.syncing {
-            state = self.wait_special(state);
-        }
+        // Callers take the writer role only once the syncer role is free (see `write_group`
+        // and `roll_now`), under the same lock hold.
+        assert!(!state.syncing, "roll_locked needs the syncer role free");
         state.syncing = true;
         let old = state.active.clone();
         let old_file = state.active_file.clone();
@@ -1045,7 +1053,8 @@ impl Inner {
     /// writer role first.
     fn roll_now(&self, should_roll: impl FnOnce(&WriterState) -> bool) -> Result<(), AppendError> {
         let mut state = lock(&self.writer);
-        while state.writing {
+        // Both roles must be free: waiting for one while holding the other could deadlock.
+        while state.writing || state.syncing {
             state = self.wait_special(state);
         }
         if let Some(error) = &state.failed {

@@ -604,3 +604,25 @@ async fn retention_keeps_every_segment_a_queue_still_needs() {
         "once done, the queue no longer holds the segments back"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_match_behind_a_long_run_of_filtered_events_is_found_by_one_pull() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        filter: Some(json!({"exact": {"type": "wanted"}})),
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup(directory.path(), spec).await;
+    let names: Vec<String> = (0..30_000).map(|n| n.to_string()).collect();
+    for chunk in names.chunks(1000) {
+        let events: Vec<(&str, &str, Option<&str>)> = chunk
+            .iter()
+            .map(|id| (id.as_str(), "other", None))
+            .collect();
+        publish(&broker, "jobs", &events).await;
+    }
+    publish(&broker, "jobs", &[("needle", "wanted", None)]).await;
+    // More than a window's worth of refused events (several reads of the log) lie before it.
+    let found = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&found), ["needle"]);
+}
