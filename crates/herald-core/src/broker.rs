@@ -1486,7 +1486,7 @@ impl Broker {
     pub async fn redrive(&self, name: &str, max: usize) -> Result<usize, BrokerError> {
         let subscription = self.subscription(name)?;
         match &subscription.group {
-            Group::Queue(_) => queue::redrive(self, &subscription, max).await,
+            Group::Queue(group) => queue::redrive(self, &subscription, group, max).await,
             Group::Stream(_) => Err(BrokerError::Invalid(format!(
                 "{name:?} is a stream subscription: redrive is for queue subscriptions and their dead-letter topics"
             ))),

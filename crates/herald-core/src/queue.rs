@@ -138,6 +138,8 @@ pub(crate) struct QueueGroup {
     /// Held shared by every change of state until its commit is queued, exclusively by a seek,
     /// so a seek's reset is never followed in the store by a change made before it.
     seek_gate: tokio::sync::RwLock<()>,
+    /// One redrive at a time.
+    redrive_lock: tokio::sync::Mutex<()>,
     filter: Option<Filter>,
     boot: u32,
     closed: AtomicBool,
@@ -198,6 +200,7 @@ impl QueueGroup {
             changed: Notify::new(),
             fill_lock: tokio::sync::Mutex::new(()),
             seek_gate: tokio::sync::RwLock::new(()),
+            redrive_lock: tokio::sync::Mutex::new(()),
             filter,
             boot,
             closed: AtomicBool::new(false),
@@ -1044,46 +1047,60 @@ pub(crate) async fn seek(
 pub(crate) async fn redrive(
     broker: &Broker,
     subscription: &Subscription,
+    group: &QueueGroup,
     max: usize,
 ) -> Result<usize, BrokerError> {
+    // One redrive at a time per subscription, so two calls never move the same dead letter.
+    let _redriving = group.redrive_lock.lock().await;
     let Ok(dead_letters) = broker.topic(&subscription.spec.dead_letter_topic) else {
         return Ok(0);
     };
-    let cursor_key = format!(
-        "redrive_cursor:{}:{}",
-        subscription.id, dead_letters.record.id
-    );
-    let mut cursor = match broker.store.setting(&cursor_key)? {
-        Some(bytes) if bytes.len() == 8 => u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
-        _ => 0,
-    };
-    let info = broker.store.partition_info(dead_letters.record.id, 0)?;
-    cursor = cursor.max(info.start_offset);
     let mut moved = Vec::new();
-    while moved.len() < max && cursor < info.end_offset {
-        let read = broker
+    let mut cursors = Vec::new();
+    for partition in 0..dead_letters.record.partitions {
+        let cursor_key = format!(
+            "redrive_cursor:{}:{}:{partition}",
+            subscription.id, dead_letters.record.id
+        );
+        let mut cursor = match broker.store.setting(&cursor_key)? {
+            Some(bytes) if bytes.len() == 8 => {
+                u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+            }
+            _ => 0,
+        };
+        let info = broker
             .store
-            .read(dead_letters.record.id, 0, cursor, 1024 * 1024)
-            .await?;
-        if read.records.is_empty() {
-            break;
-        }
-        for record in read.records {
-            if moved.len() >= max {
+            .partition_info(dead_letters.record.id, partition)?;
+        cursor = cursor.max(info.start_offset);
+        let start = cursor;
+        while moved.len() < max && cursor < info.end_offset {
+            let read = broker
+                .store
+                .read(dead_letters.record.id, partition, cursor, 1024 * 1024)
+                .await?;
+            if read.records.is_empty() {
                 break;
             }
-            cursor = record.offset + 1;
-            let mut event: Map<String, Value> =
-                serde_json::from_slice(&record.payload).unwrap_or_default();
-            if event.get("deadlettersubscription").and_then(Value::as_str)
-                != Some(subscription.name.as_str())
-            {
-                continue;
+            for record in read.records {
+                if moved.len() >= max {
+                    break;
+                }
+                cursor = record.offset + 1;
+                let mut event: Map<String, Value> =
+                    serde_json::from_slice(&record.payload).unwrap_or_default();
+                if event.get("deadlettersubscription").and_then(Value::as_str)
+                    != Some(subscription.name.as_str())
+                {
+                    continue;
+                }
+                event.remove("deadletterreason");
+                event.remove("deadlettersubscription");
+                // The origin stays, so a second dead-lettering still names where it came from.
+                moved.push((event, record.key));
             }
-            event.remove("deadletterreason");
-            event.remove("deadlettersubscription");
-            // The origin stays, so a second dead-lettering still names where it came from.
-            moved.push((event, record.key));
+        }
+        if cursor != start {
+            cursors.push((cursor_key, cursor));
         }
     }
     let owned: Vec<OwnedEvent> = moved
@@ -1096,10 +1113,14 @@ pub(crate) async fn redrive(
             .append_internal(&redrive_topic(&subscription.name), &events)
             .await?;
     }
-    broker
-        .store
-        .put_setting(&cursor_key, cursor.to_le_bytes().to_vec())
-        .await?;
+    // A crash between the append above and these writes redrives those events again on the
+    // next call (at-least-once).
+    for (cursor_key, cursor) in cursors {
+        broker
+            .store
+            .put_setting(&cursor_key, cursor.to_le_bytes().to_vec())
+            .await?;
+    }
     Ok(events.len())
 }
 

@@ -325,7 +325,10 @@ async fn the_max_deliveries_th_failure_and_a_reject_dead_letter_and_redrive_brin
             .starts_with("max_deliveries")
     );
     // Redrive: back into this subscription, not into the other one.
-    assert_eq!(broker.redrive("workers", 10).await.unwrap(), 2);
+    // Two redrives at once move each dead letter once between them.
+    let (first, second) =
+        tokio::join!(broker.redrive("workers", 10), broker.redrive("workers", 10));
+    assert_eq!(first.unwrap() + second.unwrap(), 2);
     assert_eq!(
         broker.redrive("workers", 10).await.unwrap(),
         0,
