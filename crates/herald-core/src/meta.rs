@@ -218,15 +218,7 @@ impl MetaStore {
                 .open_table(TOPICS)?
                 .remove(topic.name.as_str())?;
             let mut positions = transaction.open_table(POSITIONS)?;
-            let doomed: Vec<(u64, u64, u32)> = positions
-                .iter()?
-                .filter_map(|entry| entry.ok())
-                .map(|(key, _)| key.value())
-                .filter(|(_, topic_id, _)| *topic_id == topic.id)
-                .collect();
-            for key in doomed {
-                positions.remove(key)?;
-            }
+            positions.retain(|(_, topic_id, _), _| topic_id != topic.id)?;
             Ok(())
         })
     }
@@ -262,33 +254,12 @@ impl MetaStore {
                 .remove(subscription.name.as_str())?;
             let mut positions = transaction.open_table(POSITIONS)?;
             let id = subscription.id;
-            let doomed: Vec<(u64, u64, u32)> = positions
-                .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))?
-                .filter_map(|entry| entry.ok())
-                .map(|(key, _)| key.value())
-                .collect();
-            for key in doomed {
-                positions.remove(key)?;
-            }
+            positions.retain_in((id, 0, 0)..=(id, u64::MAX, u32::MAX), |_, _| false)?;
             let range = (id, 0, 0, 0)..=(id, u64::MAX, u32::MAX, u64::MAX);
             let mut done = transaction.open_table(QUEUE_DONE)?;
-            let doomed: Vec<_> = done
-                .range(range.clone())?
-                .filter_map(|entry| entry.ok())
-                .map(|(key, _)| key.value())
-                .collect();
-            for key in doomed {
-                done.remove(key)?;
-            }
+            done.retain_in(range.clone(), |_, _| false)?;
             let mut retry = transaction.open_table(QUEUE_RETRY)?;
-            let doomed: Vec<_> = retry
-                .range(range)?
-                .filter_map(|entry| entry.ok())
-                .map(|(key, _)| key.value())
-                .collect();
-            for key in doomed {
-                retry.remove(key)?;
-            }
+            retry.retain_in(range, |_, _| false)?;
             Ok(())
         })
     }
@@ -337,22 +308,8 @@ impl MetaStore {
                     floors.insert((subscription, *topic, *partition), *floor)?;
                     let all = (subscription, *topic, *partition, 0)
                         ..=(subscription, *topic, *partition, u64::MAX);
-                    let stale: Vec<_> = done
-                        .range(all.clone())?
-                        .filter_map(|entry| entry.ok())
-                        .map(|(key, _)| key.value())
-                        .collect();
-                    for key in stale {
-                        done.remove(key)?;
-                    }
-                    let stale: Vec<_> = retry
-                        .range(all)?
-                        .filter_map(|entry| entry.ok())
-                        .map(|(key, _)| key.value())
-                        .collect();
-                    for key in stale {
-                        retry.remove(key)?;
-                    }
+                    done.retain_in(all.clone(), |_, _| false)?;
+                    retry.retain_in(all, |_, _| false)?;
                 }
                 // Floors only move forward here: concurrent acks may reach this transaction in
                 // any order, and the highest floor is the true one.
@@ -368,22 +325,8 @@ impl MetaStore {
                     effective.insert((*topic, *partition), floor);
                     let below = (subscription, *topic, *partition, 0)
                         ..(subscription, *topic, *partition, floor);
-                    let stale: Vec<_> = done
-                        .range(below.clone())?
-                        .filter_map(|entry| entry.ok())
-                        .map(|(key, _)| key.value())
-                        .collect();
-                    for key in stale {
-                        done.remove(key)?;
-                    }
-                    let stale: Vec<_> = retry
-                        .range(below)?
-                        .filter_map(|entry| entry.ok())
-                        .map(|(key, _)| key.value())
-                        .collect();
-                    for key in stale {
-                        retry.remove(key)?;
-                    }
+                    done.retain_in(below.clone(), |_, _| false)?;
+                    retry.retain_in(below, |_, _| false)?;
                 }
                 let below_floor = |topic: u64, partition: u32, offset: u64| {
                     effective
