@@ -1505,8 +1505,7 @@ impl Broker {
         }
     }
 
-    /// Queue only: leases `consumer` holds now, and a future that resolves when the group's
-    /// state changes (for the SSE stream).
+    /// Queue only: the live leases `consumer` holds now (`None` for a stream subscription).
     pub fn queue_leases(&self, subscription: &Subscription, consumer: &str) -> Option<usize> {
         match &subscription.group {
             Group::Queue(group) => Some(queue::leased_by(group, consumer, self.clock_ms())),

@@ -465,30 +465,18 @@ async fn dead_letter(
                 "stored event is not JSON: {error}"
             )))
         })?;
-    // A redriven event may carry an older dead-letter story; this one replaces it.
-    let origin_topic = event
-        .get("origintopic")
-        .filter(|_| names_is_redrive(topic.name()))
-        .cloned()
-        .unwrap_or_else(|| Value::String(topic.name().to_owned()));
-    let origin_partition = event
-        .get("originpartition")
-        .filter(|_| names_is_redrive(topic.name()))
-        .cloned()
-        .unwrap_or_else(|| Value::from(partition));
-    let origin_offset = event
-        .get("originoffset")
-        .filter(|_| names_is_redrive(topic.name()))
-        .cloned()
-        .unwrap_or_else(|| Value::from(offset));
+    // An event redriven (and failing again) keeps naming where it first came from; any other
+    // event's origin is where it is now.
+    if !is_redrive_topic(topic.name()) {
+        event.insert("origintopic".into(), Value::String(topic.name().to_owned()));
+        event.insert("originpartition".into(), Value::from(partition));
+        event.insert("originoffset".into(), Value::from(offset));
+    }
     event.insert("deadletterreason".into(), Value::String(reason.to_owned()));
     event.insert(
         "deadlettersubscription".into(),
         Value::String(subscription.name.clone()),
     );
-    event.insert("origintopic".into(), origin_topic);
-    event.insert("originpartition".into(), origin_partition);
-    event.insert("originoffset".into(), origin_offset);
     let owned = OwnedEvent::new(&event, record.key.as_ref());
     let to_publish = owned.as_event();
     broker
@@ -541,13 +529,16 @@ impl OwnedEvent {
     }
 }
 
-fn names_is_redrive(topic: &str) -> bool {
-    topic.starts_with("_redrive.")
+/// Prefix of the internal topics that carry redriven events back into one subscription.
+const REDRIVE_PREFIX: &str = "_redrive.";
+
+pub(crate) fn is_redrive_topic(topic: &str) -> bool {
+    topic.starts_with(REDRIVE_PREFIX)
 }
 
 /// The topic that carries redriven events back into one subscription only.
 pub(crate) fn redrive_topic(subscription: &str) -> String {
-    format!("_redrive.{subscription}")
+    format!("{REDRIVE_PREFIX}{subscription}")
 }
 
 /// Parses an event's top-level attributes, for filters.

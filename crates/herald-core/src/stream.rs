@@ -548,7 +548,7 @@ pub(crate) async fn seek_positions(
             let topics: std::collections::BTreeSet<&str> = covered
                 .iter()
                 .map(|(topic, _)| topic.name())
-                .filter(|name| !name.starts_with("_redrive."))
+                .filter(|name| !crate::queue::is_redrive_topic(name))
                 .collect();
             if topic.is_none() && topics.len() > 1 {
                 return Err(BrokerError::Invalid(format!(

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -1155,9 +1155,4 @@ pub async fn method_not_allowed() -> Problem {
         "Method not allowed",
         "this endpoint does not take that method; see /openapi.json",
     )
-}
-
-/// An empty body, for handlers that need one.
-pub fn empty() -> Body {
-    Body::empty()
 }
