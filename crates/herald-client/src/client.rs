@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use crate::error::{ClientError, decode_problem};
 use crate::model::{
     AckResponse, Delivery, PublishResult, PullRequest, PullResponse, ReadQuery, ReadResponse,
-    RedriveResponse, Services, Subscription, SubscriptionList, TailEvent, Topic, TopicList,
+    RedriveResponse, RequestAnswer, RequestInfo, RequestOptions, Services, Subscription,
+    SubscriptionList, TailEvent, Topic, TopicList,
 };
 use crate::sse::{SseMessage, SseParser};
 
@@ -211,6 +212,81 @@ impl Client {
         });
         let (response, label) = self.send(call).await?;
         decode(response, &label).await
+    }
+
+    // ---- action / response ----
+
+    /// `POST /v1/topics/{topic}/requests`: publishes `data` as a request event and waits for
+    /// the reply up to the options' timeout.
+    pub async fn request_json(
+        &self,
+        topic: &str,
+        data: &Value,
+        options: &RequestOptions,
+    ) -> Result<RequestAnswer, ClientError> {
+        let mut url = self.url(&["v1", "topics", topic, "requests"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(timeout) = &options.timeout {
+                query.append_pair("timeout", timeout);
+            }
+            if let Some(deadline) = &options.deadline {
+                query.append_pair("deadline", deadline);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let context = options.context.as_ref().map(encode).transpose()?;
+        let body = encode(data)?;
+        let call = self.call_url(Method::POST, url).map(|mut builder| {
+            if let Some(group) = &options.reply_group {
+                builder = builder.header("herald-reply-group", group.as_str());
+            }
+            if let Some(context) = context {
+                builder = builder.header("herald-context", context.as_ref());
+            }
+            builder.header(CONTENT_TYPE, JSON).body(body)
+        });
+        let (response, label) = self.send(call).await?;
+        let status = response.status();
+        let answer: Value = decode(response, &label).await?;
+        let text = |name: &str| answer[name].as_str().unwrap_or_default().to_owned();
+        Ok(if status == StatusCode::OK {
+            RequestAnswer::Replied {
+                request_id: text("request_id"),
+                reply: answer["reply"].clone(),
+                context: answer["context"].clone(),
+            }
+        } else {
+            RequestAnswer::Accepted {
+                request_id: text("request_id"),
+                status: text("status"),
+            }
+        })
+    }
+
+    /// `POST /v1/requests/{id}/reply` with `data` as the reply's data (`application/json`).
+    pub async fn reply_json(&self, request_id: &str, data: &Value) -> Result<(), ClientError> {
+        let call = self.call(Method::POST, &["v1", "requests", request_id, "reply"])?;
+        let body = encode(data)?;
+        let call = call.map(|builder| builder.header(CONTENT_TYPE, JSON).body(body));
+        self.send(call).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/requests/{id}/reply` with a structured CloudEvent as the reply.
+    pub async fn reply_event(&self, request_id: &str, event: &Value) -> Result<(), ClientError> {
+        let call = self.call(Method::POST, &["v1", "requests", request_id, "reply"])?;
+        let body = encode(event)?;
+        let call = call.map(|builder| builder.header(CONTENT_TYPE, CLOUDEVENT).body(body));
+        self.send(call).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/requests/{id}`.
+    pub async fn request_info(&self, request_id: &str) -> Result<RequestInfo, ClientError> {
+        self.get(&["v1", "requests", request_id]).await
     }
 
     // ---- reading ----

@@ -351,3 +351,55 @@ impl Problem {
         self.extra.get(field).and_then(Value::as_u64)
     }
 }
+
+/// Options of a request (action/response). All optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestOptions {
+    /// How long the call waits for the reply (`"5s"`; the server's default is 5s, at most 60s).
+    pub timeout: Option<String>,
+    /// How long the request stays open for a reply (`"1h"` by default, at most `"7d"`).
+    pub deadline: Option<String>,
+    /// The service whose instances may claim the reply (`herald-reply-group`); by default the
+    /// client's service.
+    pub reply_group: Option<String>,
+    /// JSON kept with the request and handed back with its reply (`herald-context`).
+    pub context: Option<Value>,
+}
+
+/// The answer to a request call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestAnswer {
+    /// Answered within the call's timeout (200).
+    Replied {
+        request_id: String,
+        reply: Value,
+        context: Value,
+    },
+    /// Not answered within the call's timeout (202): `status` is `pending`, or `expired` when the
+    /// deadline passed while the call waited.
+    Accepted { request_id: String, status: String },
+}
+
+impl RequestAnswer {
+    pub fn request_id(&self) -> &str {
+        match self {
+            RequestAnswer::Replied { request_id, .. }
+            | RequestAnswer::Accepted { request_id, .. } => request_id,
+        }
+    }
+}
+
+/// `GET /v1/requests/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    pub request_id: String,
+    /// `pending`, `replied` or `expired`.
+    pub status: String,
+    pub topic: String,
+    pub group: String,
+    #[serde(default)]
+    pub reply: Value,
+    #[serde(default)]
+    pub context: Value,
+    pub deadline: String,
+}

@@ -34,6 +34,14 @@ pub enum BrokerError {
     TopicNotFound(String),
     #[error("subscription {0:?} does not exist")]
     SubscriptionNotFound(String),
+    #[error("request {0:?} does not exist (or was forgotten, an hour after its deadline)")]
+    RequestNotFound(String),
+    /// It existed but is over (a request past its deadline).
+    #[error("{0}")]
+    Gone(String),
+    /// A value is larger than its limit.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// A request the caller must change.
@@ -434,6 +442,8 @@ pub struct Broker {
     clock_base: (u64, tokio::time::Instant),
     /// A random number of this process, in queue receipts: leases do not outlive a restart.
     boot: u32,
+    /// Action/response: pending requests and their expiry.
+    pub(crate) requests: Arc<crate::requests::Requests>,
 }
 
 const RECEIPT_KEY_SETTING: &str = "receipt_key";
@@ -486,6 +496,7 @@ impl Broker {
             key_hasher: KeyHasher::default(),
             clock_base: (now_ms(), tokio::time::Instant::now()),
             boot: random_u32(),
+            requests: Arc::default(),
             config,
         });
         for record in store.subscriptions()? {
@@ -511,6 +522,11 @@ impl Broker {
         for topic in all_topics {
             broker.rebuild_dedup(&topic).await?;
         }
+        broker.requests.load(store.requests()?);
+        tokio::spawn(crate::requests::run_expiry(
+            Arc::downgrade(&broker),
+            broker.requests.clone(),
+        ));
         Ok(broker)
     }
 
@@ -692,7 +708,7 @@ impl Broker {
         self.create_topic_unchecked(name, settings).await
     }
 
-    async fn create_topic_unchecked(
+    pub(crate) async fn create_topic_unchecked(
         &self,
         name: &str,
         settings: TopicSettings,
@@ -1233,11 +1249,16 @@ impl Broker {
                 deleted += outcome.deleted_segments;
             }
         }
+        let forgotten = self.purge_requests().await?;
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "request records past their keep time forgotten");
+        }
         Ok(deleted)
     }
 
     /// Saves what is only in memory (services' last-seen times) and syncs the store.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        self.requests.close();
         for service in self.services() {
             self.store.put_service(service).await?;
         }
@@ -1301,6 +1322,15 @@ impl Broker {
                 "subscription names starting with '_' belong to Herald itself; choose another name than {name:?}"
             )));
         }
+        self.create_subscription_unchecked(name, spec).await
+    }
+
+    /// Creates a subscription, also one with a name of Herald's own (`_replies.{group}`).
+    pub(crate) async fn create_subscription_unchecked(
+        &self,
+        name: &str,
+        spec: SubscriptionSpec,
+    ) -> Result<(Arc<Subscription>, bool), BrokerError> {
         if spec.topics.len() > SUBSCRIPTION_TOPICS_MAX {
             return Err(BrokerError::Invalid(format!(
                 "a subscription names at most {SUBSCRIPTION_TOPICS_MAX} topics or patterns, not {}",

@@ -13,8 +13,10 @@
 //! - [`meta`]: that metadata database (topics, subscriptions, positions, services).
 //! - [`dedup`]: the per-topic deduplication window by `source` + `id`.
 //! - [`receipt`]: signed delivery receipts.
+//! - [`requests`]: action/response: durable request/reply through `_replies.{group}`.
 //! - [`subscription`]: subscription settings.
-//! - [`names`], [`murmur2`], [`duration`]: names and patterns, Kafka's key hash, duration strings.
+//! - [`names`], [`murmur2`], [`duration`], [`time`]: names and patterns, Kafka's key hash,
+//!   duration strings, RFC 3339 times.
 
 pub mod broker;
 pub mod dedup;
@@ -25,9 +27,11 @@ pub mod murmur2;
 pub mod names;
 pub mod queue;
 pub mod receipt;
+pub mod requests;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod time;
 
 pub use broker::{
     Broker, BrokerConfig, BrokerError, EventToPublish, Published, ReadFrom, ReadOutcome,

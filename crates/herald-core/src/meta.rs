@@ -19,6 +19,11 @@ const QUEUE_DONE: TableDefinition<(u64, u64, u32, u64), ()> = TableDefinition::n
 const QUEUE_RETRY: TableDefinition<(u64, u64, u32, u64), (u32, u64)> =
     TableDefinition::new("queue_retry");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// Requests (action/response) by request id → `RequestRecord` as JSON.
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+/// (time the request's record may be forgotten, request id), so old records are found by a
+/// range scan.
+const REQUEST_PURGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("request_purge");
 
 /// An error of the metadata database.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,52 @@ pub struct ServiceRecord {
     pub last_seen_ms: u64,
 }
 
+/// A request of action/response as stored: written when it is made, and again when it is
+/// answered or expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// A ULID; also the request event's `correlationid`.
+    pub id: String,
+    /// The topic the request event was published to.
+    pub topic: String,
+    /// The service whose instances may claim the reply (`_replies.{group}`).
+    pub group: String,
+    /// The request event's `source` and `id` (a retried publish of the same event finds this
+    /// request again).
+    pub event_source: String,
+    pub event_id: String,
+    /// `herald-context`: JSON text, handed back with the reply.
+    pub context: Option<String>,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+    /// When the record may be forgotten (its deadline plus a grace period).
+    pub keep_until_ms: u64,
+    /// The reply or the expiry, once there is one.
+    pub outcome: Option<RequestOutcome>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOutcome {
+    pub expired: bool,
+    /// The event appended to `_replies.{group}` (the reply with `correlationid`, or the
+    /// `herald.request.expired` event), as JSON text.
+    pub event: String,
+    pub at_ms: u64,
+    /// The end offset of `_replies.{group}` before the event was appended: after a crash, the
+    /// event is looked for from here before it is appended again.
+    pub scan_from: u64,
+    /// Where the event was appended, once it is known to be.
+    pub appended: Option<(u32, u64)>,
+}
+
+/// A change of the stored requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestWrite {
+    Put(Box<RequestRecord>),
+    Delete { id: String, keep_until_ms: u64 },
+}
+
 /// Durable changes of queue subscriptions, or their whole stored state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueChanges {
@@ -125,6 +176,8 @@ impl MetaStore {
             transaction.open_table(SETTINGS)?;
             transaction.open_table(QUEUE_DONE)?;
             transaction.open_table(QUEUE_RETRY)?;
+            transaction.open_table(REQUESTS)?;
+            transaction.open_table(REQUEST_PURGE)?;
             Ok(())
         })?;
         Ok(store)
@@ -298,7 +351,42 @@ impl MetaStore {
 
     /// Applies the changes of many queue operations (of any subscriptions) in one transaction.
     pub fn apply_queue_changes(&self, batches: &[(u64, QueueChanges)]) -> Result<(), MetaError> {
+        self.apply_changes(batches, &[])
+    }
+
+    /// Applies queue changes and request writes in one transaction (the group commit of
+    /// `LocalStore`'s committer thread).
+    pub fn apply_changes(
+        &self,
+        batches: &[(u64, QueueChanges)],
+        requests: &[RequestWrite],
+    ) -> Result<(), MetaError> {
+        let encoded: Vec<Option<Vec<u8>>> = requests
+            .iter()
+            .map(|write| match write {
+                RequestWrite::Put(record) => serde_json::to_vec(record).map(Some),
+                RequestWrite::Delete { .. } => Ok(None),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(meta_error)?;
         self.write(|transaction| {
+            if !requests.is_empty() {
+                let mut table = transaction.open_table(REQUESTS)?;
+                let mut purge = transaction.open_table(REQUEST_PURGE)?;
+                for (write, bytes) in requests.iter().zip(&encoded) {
+                    match (write, bytes) {
+                        (RequestWrite::Put(record), Some(bytes)) => {
+                            table.insert(record.id.as_str(), bytes.as_slice())?;
+                            purge.insert((record.keep_until_ms, record.id.as_str()), ())?;
+                        }
+                        (RequestWrite::Delete { id, keep_until_ms }, _) => {
+                            table.remove(id.as_str())?;
+                            purge.remove((*keep_until_ms, id.as_str()))?;
+                        }
+                        (RequestWrite::Put(_), None) => unreachable!("encoded above"),
+                    }
+                }
+            }
             let mut floors = transaction.open_table(POSITIONS)?;
             let mut done = transaction.open_table(QUEUE_DONE)?;
             let mut retry = transaction.open_table(QUEUE_RETRY)?;
@@ -382,6 +470,41 @@ impl MetaStore {
                 .push((topic, partition, offset, attempts, not_before_ms));
         }
         Ok(state)
+    }
+
+    /// Every stored request.
+    pub fn requests(&self) -> Result<Vec<RequestRecord>, MetaError> {
+        self.read_all(REQUESTS)
+    }
+
+    /// One stored request.
+    pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, MetaError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(REQUESTS).map_err(meta_error)?;
+        table
+            .get(id)
+            .map_err(meta_error)?
+            .map(|value| serde_json::from_slice(value.value()).map_err(meta_error))
+            .transpose()
+    }
+
+    /// Forgets the requests whose `keep_until_ms` is before `now_ms`; returns how many.
+    pub fn purge_requests(&self, now_ms: u64) -> Result<u64, MetaError> {
+        self.write(|transaction| {
+            let mut purge = transaction.open_table(REQUEST_PURGE)?;
+            let mut table = transaction.open_table(REQUESTS)?;
+            let mut ids = Vec::new();
+            for entry in purge.range((0, "")..(now_ms, ""))? {
+                let (key, _) = entry?;
+                let (_, id) = key.value();
+                ids.push(id.to_owned());
+            }
+            for id in &ids {
+                table.remove(id.as_str())?;
+            }
+            purge.retain_in((0, "")..(now_ms, ""), |_, _| false)?;
+            Ok(ids.len() as u64)
+        })
     }
 
     pub fn services(&self) -> Result<Vec<ServiceRecord>, MetaError> {

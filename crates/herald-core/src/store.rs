@@ -25,7 +25,8 @@ use herald_log::{
 use tokio::sync::watch;
 
 use crate::meta::{
-    MetaError, MetaStore, QueueChanges, ServiceRecord, SubscriptionRecord, TopicRecord,
+    MetaError, MetaStore, QueueChanges, RequestRecord, RequestWrite, ServiceRecord,
+    SubscriptionRecord, TopicRecord,
 };
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
@@ -132,6 +133,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// The stored state of a queue subscription.
     fn queue_state(&self, subscription_id: u64) -> Result<QueueChanges, StoreError>;
 
+    /// Every stored request (action/response), to resume them after a restart.
+    fn requests(&self) -> Result<Vec<RequestRecord>, StoreError>;
+    /// One stored request.
+    fn request(&self, id: &str) -> BoxFuture<'_, Result<Option<RequestRecord>, StoreError>>;
+    /// Stores or deletes requests; returns once durable. Concurrent calls share a transaction.
+    fn write_requests(&self, writes: Vec<RequestWrite>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Forgets requests kept past their `keep_until_ms`; returns how many.
+    fn purge_requests(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
     fn put_service(&self, service: ServiceRecord) -> BoxFuture<'_, Result<(), StoreError>>;
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -164,11 +174,13 @@ struct LocalInner {
     queue_commits: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<QueueCommit>>>,
 }
 
-type QueueCommit = (
-    u64,
-    QueueChanges,
-    tokio::sync::oneshot::Sender<Result<(), String>>,
-);
+/// One change for the committer thread.
+enum Change {
+    Queue(u64, QueueChanges),
+    Requests(Vec<RequestWrite>),
+}
+
+type QueueCommit = (Change, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// Most queue-state changes waiting for the committer; more callers wait for room.
 const QUEUE_COMMITS_QUEUED_MAX: usize = 4096;
@@ -187,14 +199,20 @@ fn run_queue_committer(
                 Err(_) => break,
             }
         }
-        let batches: Vec<(u64, QueueChanges)> = group
-            .iter_mut()
-            .map(|(subscription, changes, _)| (*subscription, std::mem::take(changes)))
-            .collect();
+        let mut batches: Vec<(u64, QueueChanges)> = Vec::new();
+        let mut requests: Vec<RequestWrite> = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        for (change, reply) in group {
+            match change {
+                Change::Queue(subscription, changes) => batches.push((subscription, changes)),
+                Change::Requests(writes) => requests.extend(writes),
+            }
+            replies.push(reply);
+        }
         let result = meta
-            .apply_queue_changes(&batches)
+            .apply_changes(&batches, &requests)
             .map_err(|error| error.to_string());
-        for (_, _, reply) in group {
+        for reply in replies {
             let _ = reply.send(result.clone());
         }
     }
@@ -210,6 +228,23 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| StoreError::Worker(error.to_string()))?
+}
+
+/// Hands a change to the committer thread and waits until it is durable.
+async fn commit(
+    sender: Option<tokio::sync::mpsc::Sender<QueueCommit>>,
+    change: Change,
+) -> Result<(), StoreError> {
+    let sender = sender.ok_or_else(|| StoreError::Worker("the store is closed".into()))?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    sender
+        .send((change, reply))
+        .await
+        .map_err(|_| StoreError::Worker("the metadata committer stopped".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Worker("the metadata committer stopped".into()))?
+        .map_err(|error| StoreError::Meta(MetaError::from_text(error)))
 }
 
 impl LocalStore {
@@ -261,6 +296,14 @@ impl LocalStore {
                 queue_commits: std::sync::Mutex::new(Some(sender)),
             }),
         })
+    }
+
+    fn committer(&self) -> Option<tokio::sync::mpsc::Sender<QueueCommit>> {
+        self.inner
+            .queue_commits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn log(&self, topic_id: u64, partition: u32) -> Result<PartitionLog, StoreError> {
@@ -465,27 +508,38 @@ impl Store for LocalStore {
         subscription_id: u64,
         changes: QueueChanges,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let sender = self
-            .inner
-            .queue_commits
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let sender = self.committer();
         Box::pin(async move {
             if changes.is_empty() {
                 return Ok(());
             }
-            let sender = sender.ok_or_else(|| StoreError::Worker("the store is closed".into()))?;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            sender
-                .send((subscription_id, changes, reply))
-                .await
-                .map_err(|_| StoreError::Worker("the queue committer stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| StoreError::Worker("the queue committer stopped".into()))?
-                .map_err(|error| StoreError::Meta(MetaError::from_text(error)))
+            commit(sender, Change::Queue(subscription_id, changes)).await
         })
+    }
+
+    fn requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
+        Ok(self.inner.meta.requests()?)
+    }
+
+    fn request(&self, id: &str) -> BoxFuture<'_, Result<Option<RequestRecord>, StoreError>> {
+        let meta = self.inner.meta.clone();
+        let id = id.to_owned();
+        Box::pin(blocking(move || Ok(meta.request(&id)?)))
+    }
+
+    fn write_requests(&self, writes: Vec<RequestWrite>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let sender = self.committer();
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            commit(sender, Change::Requests(writes)).await
+        })
+    }
+
+    fn purge_requests(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let meta = self.inner.meta.clone();
+        Box::pin(blocking(move || Ok(meta.purge_requests(now_ms)?)))
     }
 
     fn queue_state(&self, subscription_id: u64) -> Result<QueueChanges, StoreError> {

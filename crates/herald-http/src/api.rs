@@ -50,18 +50,18 @@ pub struct App {
 type Result<T> = std::result::Result<T, Problem>;
 
 impl App {
-    fn broker(&self) -> Result<&Arc<Broker>> {
+    pub(crate) fn broker(&self) -> Result<&Arc<Broker>> {
         self.broker.get().ok_or_else(Problem::not_ready)
     }
 
     /// Resolves when shutdown begins.
-    async fn shutting_down(&self) {
+    pub(crate) async fn shutting_down(&self) {
         let mut shutdown = self.shutdown.clone();
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     }
 }
 
-fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+pub(crate) fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::too_large(format!(
@@ -77,7 +77,7 @@ fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes>
     })
 }
 
-fn query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+pub(crate) fn query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
     query.map(|Query(value)| value).map_err(|rejection| {
         Problem::bad_request(format!("bad query parameters: {}", rejection.body_text()))
     })
@@ -149,7 +149,7 @@ fn parse_wait(wait: Option<&str>) -> Result<Duration> {
     Ok(wait)
 }
 
-fn parse_duration_field(name: &str, text: &str) -> Result<Duration> {
+pub(crate) fn parse_duration_field(name: &str, text: &str) -> Result<Duration> {
     duration::parse_duration(text).map_err(|error| Problem::bad_request(format!("{name}: {error}")))
 }
 
@@ -164,7 +164,7 @@ fn check_limit(name: &str, value: Option<u32>, default: u32) -> Result<u32> {
 }
 
 /// The caller's service name from the `herald-service` header.
-fn service(headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn service(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("herald-service") else {
         return Ok(None);
     };
@@ -176,7 +176,7 @@ fn service(headers: &HeaderMap) -> Result<Option<String>> {
     Ok(Some(text.to_owned()))
 }
 
-fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             status,
@@ -365,35 +365,15 @@ pub async fn publish(
     let body = body_bytes(body)?;
     let service = service(&headers)?;
     names::check_topic_name(&topic).map_err(BrokerError::from)?;
-    let limits = &app.limits;
-    let media = media_type(&headers)?;
-    let built;
-    let events: Vec<EventToPublish<'_>> = match media.as_deref() {
-        Some("application/cloudevents+json") => vec![cloudevents::parse_structured(&body, limits)?],
-        Some("application/cloudevents-batch+json") => cloudevents::parse_batch(&body, limits)?,
-        _ if cloudevents::has_binary_headers(&headers) => {
-            built = cloudevents::parse_binary(&headers, &body, limits)?;
-            vec![built.as_event()]
-        }
-        Some("application/json") => {
-            let now = format_rfc3339(herald_core::broker::now_ms());
-            built =
-                cloudevents::build_from_json_data(&body, &topic, service.as_deref(), &now, limits)?;
-            vec![built.as_event()]
-        }
-        Some(other) => {
-            return Err(Problem::unsupported_media_type(format!(
-                "Content-Type {other} needs ce-id, ce-source and ce-type headers (binary mode); \
-                 or send application/cloudevents+json, application/cloudevents-batch+json or application/json"
-            )));
-        }
-        None => {
-            return Err(Problem::unsupported_media_type(
-                "set Content-Type: application/cloudevents+json, application/cloudevents-batch+json, application/json, \
-                 or send a binary-mode event with ce-* headers",
-            ));
-        }
-    };
+    let mut built = None;
+    let events = parse_events(
+        &headers,
+        &body,
+        &topic,
+        service.as_deref(),
+        &app.limits,
+        &mut built,
+    )?;
     let published = broker.publish(&topic, &events, service.as_deref()).await?;
     // Written by hand: the shape of `PublishResponse`, without an allocation per event.
     let mut out = Vec::with_capacity(16 + events.len() * 96);
@@ -412,6 +392,56 @@ pub async fn publish(
     }
     out.extend_from_slice(b"]}");
     Ok(raw_json_response(StatusCode::CREATED, out))
+}
+
+/// The events of a body in any publish content mode: borrowed from `body` (structured, batch),
+/// or built into `built` (binary, plain JSON, whose `type` is `default_type`).
+pub(crate) fn parse_events<'a>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+    default_type: &str,
+    service: Option<&str>,
+    limits: &EventLimits,
+    built: &'a mut Option<cloudevents::BuiltEvent>,
+) -> Result<Vec<EventToPublish<'a>>> {
+    let media = media_type(headers)?;
+    Ok(match media.as_deref() {
+        Some("application/cloudevents+json") => vec![cloudevents::parse_structured(body, limits)?],
+        Some("application/cloudevents-batch+json") => cloudevents::parse_batch(body, limits)?,
+        _ if cloudevents::has_binary_headers(headers) => {
+            vec![
+                built
+                    .insert(cloudevents::parse_binary(headers, body, limits)?)
+                    .as_event(),
+            ]
+        }
+        Some("application/json") => {
+            let now = format_rfc3339(herald_core::broker::now_ms());
+            vec![
+                built
+                    .insert(cloudevents::build_from_json_data(
+                        body,
+                        default_type,
+                        service,
+                        &now,
+                        limits,
+                    )?)
+                    .as_event(),
+            ]
+        }
+        Some(other) => {
+            return Err(Problem::unsupported_media_type(format!(
+                "Content-Type {other} needs ce-id, ce-source and ce-type headers (binary mode); \
+                 or send application/cloudevents+json, application/cloudevents-batch+json or application/json"
+            )));
+        }
+        None => {
+            return Err(Problem::unsupported_media_type(
+                "set Content-Type: application/cloudevents+json, application/cloudevents-batch+json, application/json, \
+                 or send a binary-mode event with ce-* headers",
+            ));
+        }
+    })
 }
 
 // ---- reading ----

@@ -361,3 +361,61 @@ pub struct ProblemDto {
 pub struct Health {
     pub status: String,
 }
+
+/// Query of `POST /v1/topics/{topic}/requests`.
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RequestQuery {
+    /// How long the call waits for the reply before answering 202 (default `5s`, at most `60s`).
+    pub timeout: Option<String>,
+    /// How long the request stays open for a reply (default `1h`, at most `7d`); then it expires.
+    pub deadline: Option<String>,
+}
+
+/// A request answered within the call's `timeout`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RequestReplied {
+    pub request_id: String,
+    /// The reply CloudEvent, with the extension `correlationid` = `request_id`.
+    #[schema(value_type = Object)]
+    pub reply: Box<serde_json::value::RawValue>,
+    /// The `herald-context` sent with the request (`null` when none was).
+    #[schema(value_type = Object)]
+    pub context: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// A request not answered within the call's `timeout`: it stays open until its deadline
+/// (`status: "pending"`), or reached its deadline while the call waited (`"expired"`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RequestAccepted {
+    pub request_id: String,
+    pub status: String,
+}
+
+/// `GET /v1/requests/{request_id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RequestDto {
+    pub request_id: String,
+    /// `pending`, `replied` or `expired`.
+    pub status: String,
+    /// The topic the request event was published to.
+    pub topic: String,
+    /// The reply group: replies and the expiry also go to `_replies.{group}`.
+    pub group: String,
+    /// The reply CloudEvent once replied, else `null`.
+    #[schema(value_type = Object)]
+    pub reply: Option<Box<serde_json::value::RawValue>>,
+    #[schema(value_type = Object)]
+    pub context: Option<Box<serde_json::value::RawValue>>,
+    /// RFC 3339.
+    pub deadline: String,
+}
+
+/// `POST /v1/requests/{request_id}/reply`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReplyDto {
+    pub request_id: String,
+    /// Always `replied`.
+    pub status: String,
+}

@@ -4,6 +4,7 @@
 //!
 //! The map:
 //! - [`api`]: the handlers and the shared [`api::App`] state.
+//! - [`requests`]: the handlers of action/response (request, reply, status).
 //! - [`cloudevents`]: the four publish content modes, parsed into the core's events.
 //! - [`dto`]: request and response shapes (the core's types never go on the wire).
 //! - [`problem`]: RFC 9457 errors, and how each core error maps to a status.
@@ -15,7 +16,8 @@ pub mod dto;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
-pub mod time;
+pub mod requests;
+pub use herald_core::time;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,6 +103,9 @@ pub fn router(app: Arc<App>, body_bytes_max: usize) -> Router {
             }),
         )
         .route("/v1/services", get(api::services))
+        .route("/v1/topics/{topic}/requests", post(requests::post_request))
+        .route("/v1/requests/{id}", get(requests::get_request))
+        .route("/v1/requests/{id}/reply", post(requests::post_reply))
         .route("/v1/topics", get(api::list_topics))
         .route(
             "/v1/topics/{topic}",

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{api, dto, metrics};
+use crate::{api, dto, metrics, requests};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -33,6 +33,9 @@ use crate::{api, dto, metrics};
         api::reject,
         api::seek,
         api::redrive,
+        requests::post_request,
+        requests::post_reply,
+        requests::get_request,
     ),
     components(schemas(
         dto::Health,
@@ -58,6 +61,11 @@ use crate::{api, dto, metrics};
         dto::RetryView,
         dto::PullRequest,
         dto::PullResponse,
+        dto::RequestQuery,
+        dto::RequestReplied,
+        dto::RequestAccepted,
+        dto::RequestDto,
+        dto::ReplyDto,
         dto::DeliveryDto,
         dto::ReceiptsRequest,
         dto::ReceiptsResponse,

@@ -104,6 +104,14 @@ impl From<BrokerError> for Problem {
                 "Subscription not found",
                 detail,
             ),
+            BrokerError::RequestNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "request-not-found",
+                "Request not found",
+                detail,
+            ),
+            BrokerError::Gone(_) => Problem::new(StatusCode::GONE, "gone", "Gone", detail),
+            BrokerError::TooLarge(_) => Problem::too_large(detail),
             BrokerError::InvalidName(_) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-name",

@@ -93,6 +93,41 @@ pub enum Command {
     Tail(TailArgs),
     /// List the services that named themselves, with what they publish and consume.
     Services,
+    /// Send a request event and wait for its reply (action/response); the reply also goes to
+    /// the reply group's queue `_replies.{group}`.
+    Request(RequestArgs),
+    /// Answer a request, by its id (the request event's `correlationid`).
+    Reply(ReplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The topic the request event is published to.
+    pub topic: String,
+    /// The request's data as JSON, or `-` to read it from stdin.
+    #[arg(value_name = "DATA|-")]
+    pub data: String,
+    /// How long to wait for the reply before printing `pending` (at most 60s) [server default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub timeout: Option<String>,
+    /// How long the request stays open for a reply [server default: 1h, at most 7d].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub deadline: Option<String>,
+    /// JSON kept with the request and handed back with its reply.
+    #[arg(long, value_name = "JSON", value_parser = json_arg)]
+    pub context: Option<Value>,
+    /// The service whose instances may claim the reply [default: --service].
+    #[arg(long, value_name = "NAME")]
+    pub reply_group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplyArgs {
+    /// The request's id.
+    pub request_id: String,
+    /// The reply's data as JSON, or `-` to read it from stdin.
+    #[arg(value_name = "DATA|-")]
+    pub data: String,
 }
 
 #[derive(Debug, Subcommand)]

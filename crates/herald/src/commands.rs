@@ -10,9 +10,9 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use herald_client::{
-    AckResponse, Client, Consumer, Delivery, PublishResult, PullRequest, ReadQuery, Retention,
-    RetrySettings, StoredEvent, Subscription, SubscriptionSettings, TailEvent, Topic,
-    TopicSettings,
+    AckResponse, Client, Consumer, Delivery, PublishResult, PullRequest, ReadQuery, RequestAnswer,
+    RequestOptions, Retention, RetrySettings, StoredEvent, Subscription, SubscriptionSettings,
+    TailEvent, Topic, TopicSettings,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use crate::CommandError;
 use crate::cli::{
     Command, DlqCommand, ExtendArgs, GlobalArgs, NackArgs, Output, PublishArgs, PullArgs, ReadArgs,
-    ReceiptArgs, RedriveArgs, RejectArgs, SeekArgs, SubCommand, SubCreateArgs, TailArgs,
-    TopicCommand, TopicCreateArgs,
+    ReceiptArgs, RedriveArgs, RejectArgs, ReplyArgs, RequestArgs, SeekArgs, SubCommand,
+    SubCreateArgs, TailArgs, TopicCommand, TopicCreateArgs,
 };
 use crate::event::{EventAttributes, parse_batch, parse_data};
 use crate::table::{Table, write_fields};
@@ -75,6 +75,8 @@ pub async fn execute(
         Command::Dlq(DlqCommand::Redrive(args)) => redrive(client, printer, args, out).await,
         Command::Tail(args) => tail(client, printer, args, out).await,
         Command::Services => services(client, printer, out).await,
+        Command::Request(args) => request(client, printer, args, out).await,
+        Command::Reply(args) => reply(client, printer, args, out).await,
     }
 }
 
@@ -943,6 +945,98 @@ async fn services(
         ]);
     }
     table.write(out)?;
+    Ok(())
+}
+
+// ---- action / response ----
+
+/// DATA as JSON, or stdin's for `-`.
+fn data_argument(data: String) -> Result<Value, CommandError> {
+    let text = if data == "-" {
+        read_input(Path::new("-"))?
+    } else {
+        data
+    };
+    parse_data(&text).map_err(CommandError::Usage)
+}
+
+async fn request(
+    client: &Client,
+    printer: Printer,
+    args: RequestArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let data = data_argument(args.data)?;
+    let options = RequestOptions {
+        timeout: args.timeout,
+        deadline: args.deadline,
+        reply_group: args.reply_group,
+        context: args.context,
+    };
+    let answer = client.request_json(&args.topic, &data, &options).await?;
+    match &answer {
+        RequestAnswer::Replied {
+            request_id,
+            reply,
+            context,
+        } => {
+            if printer.json() {
+                return write_json(
+                    out,
+                    &json!({"request_id": request_id, "reply": reply, "context": context}),
+                );
+            }
+            write_fields(
+                out,
+                &[
+                    ("request", request_id.clone()),
+                    ("status", "replied".to_owned()),
+                    ("reply type", attribute(reply, "type")),
+                    ("reply data", data_text(reply)),
+                    ("context", value_text(Some(context))),
+                ],
+            )?;
+        }
+        RequestAnswer::Accepted { request_id, status } => {
+            if printer.json() {
+                return write_json(out, &json!({"request_id": request_id, "status": status}));
+            }
+            write_fields(
+                out,
+                &[("request", request_id.clone()), ("status", status.clone())],
+            )?;
+            if status == "pending" {
+                eprintln!(
+                    "no reply yet: any instance of the reply group can pull it from _replies.<group>, or see `curl {}/v1/requests/{request_id}`",
+                    client.base_url()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn reply(
+    client: &Client,
+    printer: Printer,
+    args: ReplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let data = data_argument(args.data)?;
+    client.reply_json(&args.request_id, &data).await?;
+    if printer.json() {
+        return write_json(
+            out,
+            &json!({"request_id": args.request_id, "status": "replied"}),
+        );
+    }
+    write_fields(
+        out,
+        &[
+            ("request", args.request_id),
+            ("status", "replied".to_owned()),
+        ],
+    )?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod harness;
 mod publish;
 mod queues;
 mod read;
+mod requests;
 mod service;
 mod streams;
 mod topics;
