@@ -1,7 +1,11 @@
 //! Herald's benchmarks: what the partition log, and publishing over HTTP, cost next to the bare
-//! disk they run on.
+//! disk they run on, and how Herald compares with the brokers a user would run instead.
 //!
 //! The map:
+//! - [`compare`]: the `herald-bench compare` run (also `herald bench`): publish, queue, replay,
+//!   fan-out, latency and request/reply against Herald (`fsync always` and `never`), NATS
+//!   JetStream, RabbitMQ, PostgreSQL and Redis Streams on this machine, each row with its
+//!   durability class, medians over alternating rounds and Herald ÷ peer ratios.
 //! - [`log_bench`]: the `herald-bench log` run. Every append and read case of the partition log
 //!   is measured right after a raw-disk loop doing the same I/O, so each line of the report is a
 //!   side-by-side comparison on this machine, at this moment.
@@ -23,6 +27,7 @@
 //! The criterion micro-benchmarks live in `benches/log.rs` (`cargo bench -p herald-bench --bench
 //! log`). Nothing here runs in CI's pass/fail.
 
+pub mod compare;
 pub mod counting;
 pub mod herald_process;
 pub mod log_bench;

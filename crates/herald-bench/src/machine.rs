@@ -102,8 +102,71 @@ pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
     cpu_seconds_from_stat(&format!("/proc/{pid}/stat"))
 }
 
+/// CPU time (user and system) used so far by every process whose command name (`comm`, e.g.
+/// `postgres` or `beam.smp`) is `command`, summed; `None` when there is none (or no `/proc`).
+/// For a server made of several processes (PostgreSQL's backends) this is the whole server; a
+/// process that started and ended between two readings is missed.
+pub fn cpu_seconds_of_command(command: &str) -> Option<f64> {
+    let mut total = None;
+    for (_, stat) in processes_named(command) {
+        if let Some(seconds) = cpu_seconds_in_stat(&stat) {
+            *total.get_or_insert(0.0) += seconds;
+        }
+    }
+    total
+}
+
+/// The command line (arguments joined by spaces) of the first process whose command name is
+/// `command`, e.g. to report how a peer server was started.
+pub fn command_line_of(command: &str) -> Option<String> {
+    let (pid, _) = processes_named(command)
+        .into_iter()
+        .min_by_key(|(pid, _)| *pid)?;
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let arguments: Vec<String> = raw
+        .split(|&byte| byte == 0)
+        .filter(|argument| !argument.is_empty())
+        .map(|argument| String::from_utf8_lossy(argument).into_owned())
+        .collect();
+    Some(arguments.join(" "))
+}
+
+/// The pid and `/proc/PID/stat` line of every process whose command name is `command`.
+fn processes_named(command: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if command_name(&stat) == Some(command) {
+            found.push((pid, stat));
+        }
+    }
+    found
+}
+
+/// The command name of a `/proc/PID/stat` line: the text between the first `(` and the last `)`.
+fn command_name(stat: &str) -> Option<&str> {
+    let start = stat.find('(')?;
+    let end = stat.rfind(')')?;
+    stat.get(start + 1..end)
+}
+
 fn cpu_seconds_from_stat(path: &str) -> Option<f64> {
-    let stat = fs::read_to_string(path).ok()?;
+    cpu_seconds_in_stat(&fs::read_to_string(path).ok()?)
+}
+
+fn cpu_seconds_in_stat(stat: &str) -> Option<f64> {
     // The command name, in parentheses, may hold spaces: count fields after its closing one.
     let (_, after_name) = stat.rsplit_once(')')?;
     let mut fields = after_name.split_whitespace().skip(11);
@@ -225,4 +288,28 @@ pub fn default_scratch_root() -> PathBuf {
         return target;
     }
     env::temp_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_command_name_and_cpu_time() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        let stat = "4242 (beam.smp (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
+        assert_eq!(command_name(stat), Some("beam.smp (x)"));
+        assert_eq!(cpu_seconds_in_stat(stat), Some(3.0));
+        assert_eq!(command_name("no parentheses"), None);
+    }
+
+    #[test]
+    fn this_process_is_found_by_its_command_name() {
+        let stat = fs::read_to_string("/proc/self/stat").expect("Linux has /proc");
+        let name = command_name(&stat).expect("a command name").to_owned();
+        assert!(cpu_seconds_of_command(&name).is_some());
+        assert!(command_line_of(&name).is_some_and(|line| !line.is_empty()));
+        assert_eq!(cpu_seconds_of_command("no-such-command-herald"), None);
+        assert_eq!(command_line_of("no-such-command-herald"), None);
+    }
 }

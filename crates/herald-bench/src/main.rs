@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use herald_bench::compare::{self, CompareOptions, PeerAddresses, Settings, Workload};
 use herald_bench::herald_process;
 use herald_bench::log_bench::{self, Options};
 use herald_bench::machine::default_scratch_root;
@@ -29,6 +30,81 @@ enum Command {
     /// Queue subscriptions of the real `herald serve`: draining a pre-filled queue with competing
     /// consumers (pull + ack), then the publish-to-delivery latency of a long-polling consumer.
     Queue(QueueArgs),
+    /// Side by side: the same workloads against Herald (fsync always and never) and the peers
+    /// running on this machine (NATS JetStream, RabbitMQ, PostgreSQL, Redis Streams).
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Tiny sizes: checks in seconds that every workload still runs against every system.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds; each runs every system once, in an order rotated every round [default: 3, or 1
+    /// with --quick].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// The workloads to run, comma-separated [default: all]:
+    /// publish, queue, replay, fanout, latency, request-reply.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// The systems to run, comma-separated [default: all]: herald, nats, rabbitmq, postgres,
+    /// redis (`herald` is both fsync settings).
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Events stored before the queue rounds (drained in parts, one per round) and read by the
+    /// replay [default: 1000000, or 2000 with --quick].
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Seconds measured per publish round [default: 5, or 0.3 with --quick].
+    #[arg(long)]
+    publish_seconds: Option<f64>,
+    /// Events published per fan-out round [default: 20000, or 500 with --quick].
+    #[arg(long)]
+    fanout_events: Option<u64>,
+    /// Seconds of each latency round [default: 5, or 0.3 with --quick].
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// Events per publish of the latency workload.
+    #[arg(long, default_value_t = 5)]
+    latency_batch: u32,
+    /// Seconds measured per request/reply round [default: 3, or 0.3 with --quick].
+    #[arg(long)]
+    request_seconds: Option<f64>,
+    /// Bytes of each event.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Worker threads of the load generator (it shares the cores with the systems measured).
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// NATS server URL.
+    #[arg(long, default_value_t = PeerAddresses::default().nats)]
+    nats: String,
+    /// RabbitMQ AMQP URL.
+    #[arg(long, default_value_t = PeerAddresses::default().amqp)]
+    amqp: String,
+    /// PostgreSQL connection settings (libpq key=value, without dbname).
+    #[arg(long, default_value_t = PeerAddresses::default().postgres)]
+    postgres: String,
+    /// PostgreSQL database (`postgres` is tried when it does not exist).
+    #[arg(long, default_value_t = PeerAddresses::default().postgres_database)]
+    postgres_database: String,
+    /// Redis URL.
+    #[arg(long, default_value_t = PeerAddresses::default().redis)]
+    redis: String,
+    /// The herald binary to start [default: `herald` next to herald-bench].
+    #[arg(long, value_name = "PATH")]
+    herald: Option<PathBuf>,
+    /// Where Herald's data goes (a fresh directory inside it, removed afterwards). Must be on
+    /// the disk under test. Default: the workspace's target/ directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as markdown or as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
+    /// Run even if the directory is in memory (tmpfs); Herald's figures are then meaningless.
+    #[arg(long)]
+    allow_tmpfs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +283,7 @@ fn main() -> ExitCode {
         Command::Log(arguments) => run_log(arguments),
         Command::Publish(arguments) => run_publish(arguments),
         Command::Queue(arguments) => run_queue(arguments),
+        Command::Compare(arguments) => run_compare(arguments),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -338,5 +415,67 @@ fn run_queue(arguments: QueueArgs) -> anyhow::Result<()> {
     arguments
         .output
         .print(|| report.to_markdown(), || report.to_json());
+    Ok(())
+}
+
+fn run_compare(arguments: CompareArgs) -> anyhow::Result<()> {
+    let quick = arguments.quick;
+    let mut settings = if quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    settings.event_bytes = arguments.event_bytes;
+    settings.latency_batch = arguments.latency_batch;
+    if let Some(backlog) = arguments.backlog {
+        settings.backlog_events = backlog;
+    }
+    if let Some(events) = arguments.fanout_events {
+        settings.fanout_events = events;
+    }
+    if let Some(seconds) = arguments.publish_seconds {
+        settings.publish_seconds = seconds;
+    }
+    if let Some(seconds) = arguments.latency_seconds {
+        settings.latency_seconds = seconds;
+    }
+    if let Some(seconds) = arguments.request_seconds {
+        settings.request_seconds = seconds;
+    }
+    let options = CompareOptions {
+        scratch_root: arguments.dir.unwrap_or_else(default_scratch_root),
+        binary: match arguments.herald {
+            Some(binary) => binary,
+            None => herald_process::default_binary()?,
+        },
+        settings,
+        rounds: arguments.rounds.unwrap_or(if quick { 1 } else { 3 }),
+        workloads: if arguments.workloads.is_empty() {
+            Workload::ALL.to_vec()
+        } else {
+            arguments.workloads
+        },
+        systems: arguments.systems,
+        peers: PeerAddresses {
+            nats: arguments.nats,
+            amqp: arguments.amqp,
+            postgres: arguments.postgres,
+            postgres_database: arguments.postgres_database,
+            redis: arguments.redis,
+        },
+        client_threads: arguments.client_threads,
+        quick,
+        allow_in_memory: arguments.allow_tmpfs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = compare::run(&options)?;
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
+    ensure!(
+        report.herald_failures == 0,
+        "Herald failed in {} round(s) (see the report): the harness or the server is broken",
+        report.herald_failures
+    );
     Ok(())
 }

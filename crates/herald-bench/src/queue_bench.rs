@@ -237,7 +237,7 @@ pub fn run(options: &QueueOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Re
 }
 
 /// An HTTP client for one connection of the load.
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)
@@ -469,7 +469,11 @@ async fn drain(settings: Drain) -> anyhow::Result<DrainRun> {
 }
 
 /// `POST .../pull`; the answer, which must be 200.
-async fn pull(client: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Result<Bytes> {
+pub(crate) async fn pull(
+    client: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+) -> anyhow::Result<Bytes> {
     let (status, answer) = publish_load::post(client, url, JSON, body).await?;
     if status != StatusCode::OK {
         bail!(
@@ -481,7 +485,11 @@ async fn pull(client: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Resul
 }
 
 /// `POST .../ack` of `receipts` (JSON strings, quotes included); every result must be `ok`.
-async fn ack(client: &reqwest::Client, url: &str, receipts: &[&[u8]]) -> anyhow::Result<()> {
+pub(crate) async fn ack(
+    client: &reqwest::Client,
+    url: &str,
+    receipts: &[&[u8]],
+) -> anyhow::Result<()> {
     let mut body = Vec::with_capacity(16 + receipts.iter().map(|r| r.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"receipts\":[");
     for (number, receipt) in receipts.iter().enumerate() {
@@ -504,7 +512,7 @@ async fn ack(client: &reqwest::Client, url: &str, receipts: &[&[u8]]) -> anyhow:
 }
 
 /// Occurrences of `needle` in `haystack`.
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
+pub(crate) fn count(haystack: &[u8], needle: &[u8]) -> usize {
     let mut found = 0;
     let mut at = 0;
     while let Some(offset) = find(&haystack[at..], needle) {
@@ -516,17 +524,17 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 
 /// What a pull answer holds, read by byte search.
 #[derive(Debug)]
-struct Deliveries<'a> {
+pub(crate) struct Deliveries<'a> {
     /// Each delivery's receipt as a JSON string, quotes included.
-    receipts: Vec<&'a [u8]>,
+    pub(crate) receipts: Vec<&'a [u8]>,
     /// Deliveries with an `attempt` other than 1.
-    redeliveries: u64,
+    pub(crate) redeliveries: u64,
     /// Each delivery's `sent_us` (latency phase only; empty when the events carry none).
-    sent_micros: Vec<u64>,
+    pub(crate) sent_micros: Vec<u64>,
 }
 
 impl<'a> Deliveries<'a> {
-    fn parse(answer: &'a [u8]) -> anyhow::Result<Deliveries<'a>> {
+    pub(crate) fn parse(answer: &'a [u8]) -> anyhow::Result<Deliveries<'a>> {
         const RECEIPT: &[u8] = b"{\"receipt\":\"";
         const ATTEMPT: &[u8] = b",\"attempt\":";
         const SENT: &[u8] = b"\"sent_us\":";
@@ -580,10 +588,15 @@ fn unix_micros() -> u64 {
         .map_or(0, |since| since.as_micros() as u64)
 }
 
-/// A batch of `events` CloudEvents whose data is `{"sent_us":NOW,"filler":"…"}`, each of about
+/// A batch of `events` CloudEvents whose data is `{"sent_us":SENT,"filler":"…"}`, each of about
 /// `event_bytes` bytes, ids `{first}`, `{first+1}`, ….
-fn timed_batch(source: &str, first: u64, events: u32, event_bytes: usize) -> Bytes {
-    let sent = unix_micros();
+pub(crate) fn timed_batch(
+    source: &str,
+    first: u64,
+    events: u32,
+    event_bytes: usize,
+    sent: u64,
+) -> Bytes {
     let mut body = String::with_capacity(events as usize * (event_bytes + 1) + 2);
     body.push('[');
     for number in 0..u64::from(events) {
@@ -647,7 +660,13 @@ fn latency_phase(
             // does not hold back the next one.
             let client = clients[number as usize % clients.len()].clone();
             let url = publish_url.clone();
-            let body = timed_batch(&source, number * u64::from(batch), batch, event_bytes);
+            let body = timed_batch(
+                &source,
+                number * u64::from(batch),
+                batch,
+                event_bytes,
+                unix_micros(),
+            );
             requests.push(tokio::spawn(async move {
                 let sent = Instant::now();
                 let (status, answer) =
@@ -803,7 +822,7 @@ mod tests {
 
     #[test]
     fn a_timed_batch_is_valid_json_of_the_asked_size() {
-        let body = timed_batch("/herald-bench/tag/c001", 7, 3, 1024);
+        let body = timed_batch("/herald-bench/tag/c001", 7, 3, 1024, unix_micros());
         let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(events.len(), 3);
         assert_eq!(body.len(), 2 + 3 * 1024 + 2);

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+pub use crate::compare::CompareReport;
+use crate::compare::{Measurement, Row, Workload, WorkloadResult};
 use crate::machine::MachineFacts;
 pub use crate::publish_bench::PublishReport;
 pub use crate::queue_bench::QueueReport;
@@ -118,7 +120,7 @@ pub fn format_rate(value: f64) -> String {
     format!("{scaled:.decimals$}{unit}")
 }
 
-fn format_ratio(ratio: f64) -> String {
+pub fn format_ratio(ratio: f64) -> String {
     if ratio >= 10.0 {
         format!("{ratio:.1}x")
     } else {
@@ -487,6 +489,349 @@ impl QueueReport {
         }
         out
     }
+}
+
+impl CompareReport {
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of numbers and strings cannot fail.
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "## herald-bench compare");
+        let _ = writeln!(out);
+        write_context(
+            &mut out,
+            &self.git_commit,
+            &self.command,
+            &self.machine,
+            self.load_average_at_end,
+        );
+        let s = &self.settings;
+        let _ = writeln!(
+            out,
+            "- {} round(s); in each round the systems run one after another, the order rotated by \
+             one place every round; a table gives medians over the rounds{}; the whole run took \
+             {:.0} s",
+            self.rounds,
+            if self.quick {
+                " (--quick: tiny sizes, figures not meaningful)"
+            } else {
+                ""
+            },
+            self.seconds,
+        );
+        let _ = writeln!(
+            out,
+            "- load generator: this process, Tokio with {} worker thread(s), on the same machine; \
+             events of {} B",
+            self.client_threads, s.event_bytes
+        );
+        let _ = writeln!(
+            out,
+            "- Herald ÷ peer: the median over the rounds of Herald's figure divided by the peer's, \
+             both measured in the same round; the Herald of the peer's durability class: `fsync \
+             always` for \"fsync before ack\", `fsync never` for \"OS-buffered\" and \"not durable\""
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(out, "### Systems");
+        let _ = writeln!(out);
+        let _ = writeln!(out, "| system | setup |");
+        let _ = writeln!(out, "|---|---|");
+        for system in &self.systems {
+            let _ = writeln!(out, "| {} | {} |", system.name, escape(&system.description));
+        }
+        for result in &self.workloads {
+            let _ = writeln!(out);
+            write_workload(&mut out, result, s);
+        }
+        if !self.goals.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "### The issue's goals");
+            let _ = writeln!(out);
+            write_goals(&mut out, &self.goals);
+        }
+        out
+    }
+}
+
+/// `|` would end a table cell.
+fn escape(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn cores(value: Option<f64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |cores| format!("{cores:.2}"))
+}
+
+fn millis(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |millis| format!("{millis:.2}"))
+}
+
+/// Server and load-generator CPU per event (or round trip), in µs.
+fn micros_per_event(measurement: &Measurement) -> String {
+    if measurement.rate <= 0.0 {
+        return "?".to_owned();
+    }
+    let per = |cores: Option<f64>| {
+        cores.map_or_else(
+            || "?".to_owned(),
+            |cores| format!("{:.1}", cores / measurement.rate * 1e6),
+        )
+    };
+    format!(
+        "{} / {}",
+        per(measurement.server_cpu_cores),
+        per(measurement.bench_cpu_cores)
+    )
+}
+
+/// The cells of a row that has no median: its status across the figure columns.
+fn status_cells(row: &Row, columns: usize) -> String {
+    let mut cells = vec![escape(&row.status)];
+    cells.extend(std::iter::repeat_n("-".to_owned(), columns - 1));
+    cells.join(" | ")
+}
+
+fn ratio_cell(row: &Row) -> String {
+    match (row.compared_with, row.herald_ratio) {
+        (None, _) => "-".to_owned(),
+        (Some(_), None) => "?".to_owned(),
+        (Some(herald), Some(ratio)) => {
+            let which = if herald == crate::compare::SystemId::HeraldAlways {
+                "always"
+            } else {
+                "never"
+            };
+            format!("{} ({which})", format_ratio(ratio))
+        }
+    }
+}
+
+fn rounds_cell(workload: Workload, row: &Row) -> String {
+    let cells: Vec<String> = row
+        .rounds
+        .iter()
+        .map(|round| match &round.measurement {
+            Some(measurement) if workload == Workload::Latency => millis(measurement.p99_millis),
+            Some(measurement) => format_rate(measurement.rate),
+            None if round.error.is_some() => "error".to_owned(),
+            None => "-".to_owned(),
+        })
+        .collect();
+    cells.join(", ")
+}
+
+fn write_workload(out: &mut String, result: &WorkloadResult, s: &crate::compare::Settings) {
+    let workload = result.workload;
+    let (title, describe) = match workload {
+        Workload::Publish => (
+            "publish",
+            format!(
+                "{} producers, each with one batch of {} events in flight (sent, then every \
+                 confirm awaited); {:.1} s measured after {:.1} s of warm-up. Latency: one batch, \
+                 from sending to its last confirm.",
+                s.producers, s.publish_batch, s.publish_seconds, s.publish_warmup_seconds
+            ),
+        ),
+        Workload::Queue => (
+            "queue",
+            format!(
+                "a backlog of {} events stored first (by {} producers, batches of {}), then \
+                 drained by {} competing consumers taking up to {} events at a time and \
+                 acknowledging each event; each round drains its part of the backlog (the \
+                 backlog divided by the rounds), so the first round starts on the full backlog. \
+                 Latency: one take + ack.",
+                s.backlog_events, s.producers, s.prefill_batch, s.consumers, s.pull_max
+            ),
+        ),
+        Workload::Replay => (
+            "replay",
+            format!(
+                "one reader reads the {} stored events from the first, {} per read (or \
+                 prefetch); every round reads all of them again.",
+                s.backlog_events, s.replay_batch
+            ),
+        ),
+        Workload::Fanout => (
+            "fan-out",
+            format!(
+                "one producer publishes {} events in batches of {} (confirms awaited) to {} \
+                 subscriptions that each receive every event; the rate is events published \
+                 over the time until the last subscription has the last event \
+                 ({}x as many deliveries).",
+                s.fanout_events, s.fanout_batch, s.fanout_subscriptions, s.fanout_subscriptions
+            ),
+        ),
+        Workload::Latency => (
+            "latency",
+            format!(
+                "{} events/s published for {:.1} s, {} per publish (one publish every {:.1} ms, \
+                 each on its own task, confirms awaited), one consumer; latency = arrival at \
+                 the consumer − the send time carried in the event. Lower is better: Herald ÷ \
+                 peer below 1 means Herald's p99 is lower.",
+                s.latency_rate,
+                s.latency_seconds,
+                s.latency_batch,
+                f64::from(s.latency_batch) / f64::from(s.latency_rate) * 1e3
+            ),
+        ),
+        Workload::RequestReply => (
+            "request/reply",
+            format!(
+                "{} requesters, each sending a request of {} B and waiting for its reply of \
+                 the same size before the next; {:.1} s measured after {:.1} s of warm-up. \
+                 Herald stores the request and the reply (and survives a restart in between); \
+                 NATS request/reply and RabbitMQ direct reply-to keep nothing.",
+                s.requesters, s.event_bytes, s.request_seconds, s.request_warmup_seconds
+            ),
+        ),
+    };
+    let _ = writeln!(out, "### {title}");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{describe}");
+    let _ = writeln!(out);
+    match workload {
+        Workload::Latency => {
+            let _ = writeln!(
+                out,
+                "| system | durability | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | p99 per round (ms) | CPU cores server / bench | Herald ÷ peer (p99) |"
+            );
+            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+            for row in &result.rows {
+                let durability = row.durability.map_or("-", |d| d.label());
+                match &row.median {
+                    Some(m) => {
+                        let _ = writeln!(
+                            out,
+                            "| {} | {durability} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                            row.name,
+                            millis(m.p50_millis),
+                            millis(m.p99_millis),
+                            millis(m.p999_millis),
+                            millis(m.max_millis),
+                            rounds_cell(workload, row),
+                            cores(m.server_cpu_cores),
+                            cores(m.bench_cpu_cores),
+                            ratio_cell(row),
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "| {} | {durability} | {} |",
+                            row.name,
+                            status_cells(row, 7)
+                        );
+                    }
+                }
+            }
+        }
+        _ => {
+            let (unit, latency) = match workload {
+                Workload::RequestReply => ("round trips/s", "round trip p50 / p99 (ms)"),
+                Workload::Fanout => ("events/s (to every subscription)", "deliveries/s"),
+                Workload::Replay => ("events/s", "per read p50 / p99 (ms)"),
+                Workload::Queue => ("acked events/s", "take + ack p50 / p99 (ms)"),
+                _ => ("events/s", "batch p50 / p99 (ms)"),
+            };
+            let _ = writeln!(
+                out,
+                "| system | durability | {unit} | per round | {latency} | CPU cores server / bench | CPU µs per event server / bench | Herald ÷ peer |"
+            );
+            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+            for row in &result.rows {
+                let durability = row.durability.map_or("-", |d| d.label());
+                match &row.median {
+                    Some(m) => {
+                        let latency = if workload == Workload::Fanout {
+                            format_rate(m.rate * f64::from(s.fanout_subscriptions))
+                        } else if m.p50_millis.is_some() {
+                            format!("{} / {}", millis(m.p50_millis), millis(m.p99_millis))
+                        } else {
+                            "-".to_owned()
+                        };
+                        let _ = writeln!(
+                            out,
+                            "| {} | {durability} | {} | {} | {latency} | {} / {} | {} | {} |",
+                            row.name,
+                            format_rate(m.rate),
+                            rounds_cell(workload, row),
+                            cores(m.server_cpu_cores),
+                            cores(m.bench_cpu_cores),
+                            micros_per_event(m),
+                            ratio_cell(row),
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "| {} | {durability} | {} |",
+                            row.name,
+                            status_cells(row, 6)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let errors: Vec<&Row> = result
+        .rows
+        .iter()
+        .filter(|row| row.median.is_some() && row.status.starts_with("error"))
+        .collect();
+    for row in errors {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{}: some rounds failed: {}",
+            row.name,
+            escape(&row.status)
+        );
+    }
+    if !result.prefill.is_empty() {
+        let _ = writeln!(out);
+        let filled: Vec<String> = result
+            .prefill
+            .iter()
+            .map(|(system, measurement, error)| match (measurement, error) {
+                (Some(m), _) => format!("{} {}/s", system_name(*system), format_rate(m.rate)),
+                (None, Some(error)) => format!("{} failed ({error})", system_name(*system)),
+                (None, None) => format!("{} -", system_name(*system)),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Filling the backlog (not a measured workload): {}.",
+            filled.join(", ")
+        );
+    }
+    // Rows with the same design (Herald's two) share one entry.
+    let mut designs: Vec<(Vec<&str>, &str)> = Vec::new();
+    for row in result
+        .rows
+        .iter()
+        .filter(|row| !row.design.is_empty() && row.median.is_some())
+    {
+        match designs.iter_mut().find(|(_, design)| *design == row.design) {
+            Some((names, _)) => names.push(&row.name),
+            None => designs.push((vec![&row.name], &row.design)),
+        }
+    }
+    let designs: Vec<String> = designs
+        .into_iter()
+        .map(|(names, design)| format!("{}: {design}", names.join(", ")))
+        .collect();
+    if !designs.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "How: {}.", escape(&designs.join("; ")));
+    }
+}
+
+fn system_name(system: crate::compare::SystemId) -> &'static str {
+    system.name()
 }
 
 /// The table of the issue's goals.
