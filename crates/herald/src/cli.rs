@@ -98,6 +98,24 @@ pub enum Command {
     Request(RequestArgs),
     /// Answer a request, by its id (the request event's `correlationid`).
     Reply(ReplyArgs),
+    /// Run the benchmarks: `herald-bench`, built next to this binary (`cargo build --release -p
+    /// herald-bench`). Without a subcommand it runs `compare`, the side-by-side run against
+    /// NATS JetStream, RabbitMQ, PostgreSQL and Redis: `herald bench --quick`, `herald bench
+    /// --help`, `herald bench publish --help`.
+    #[command(disable_help_flag = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// herald-bench's subcommand (compare, publish, queue, log; compare when left out) and its
+    /// flags, passed on as they are.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub arguments: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,9 @@ pub async fn execute(
         Command::Serve(_) => Err(CommandError::Failed(
             "`herald serve` is not a client command".to_owned(),
         )),
+        Command::Bench(_) => Err(CommandError::Failed(
+            "`herald bench` is not a client command".to_owned(),
+        )),
         Command::Topic(command) => topic(client, printer, command, out).await,
         Command::Publish(args) => publish(client, printer, args, out).await,
         Command::Read(args) => read(client, printer, args, out).await,

@@ -8,6 +8,7 @@
 //! - [`commands`] — the client commands, built on `herald_client`.
 //! - [`event`] — CloudEvents built from flags, batch files.
 //! - [`table`] — aligned tables for human output.
+//! - [`bench`] — `herald bench`: runs the `herald-bench` binary built next to this one.
 //!
 //! Exit codes:
 //!
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 
 use herald_client::ClientError;
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -87,6 +89,7 @@ impl CommandError {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => serve::main(&args),
+        cli::Command::Bench(args) => bench::main(&cli.global, args),
         command => commands::main(&cli.global, command),
     };
     match result {
