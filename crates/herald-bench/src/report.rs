@@ -490,7 +490,7 @@ impl QueueReport {
 }
 
 /// The table of the goals.
-fn write_goals(out: &mut String, goals: &[Goal]) {
+pub(crate) fn write_goals(out: &mut String, goals: &[Goal]) {
     let _ = writeln!(out, "| goal | measured | met |");
     let _ = writeln!(out, "|---|---|---|");
     for goal in goals {
@@ -510,7 +510,7 @@ pub fn percentile_millis(sorted_micros: &[u32], fraction: f64) -> f64 {
 }
 
 /// The lines every report starts with: commit, command, machine, load, bench directory.
-fn write_context(
+pub(crate) fn write_context(
     out: &mut String,
     git_commit: &str,
     command: &str,

@@ -236,13 +236,16 @@ fn acknowledged_publishes_and_commits_survive_kill_9() {
 }
 
 /// Queue subscriptions under kill -9: an event acked `ok` is never delivered again, and every
-/// event not acked comes back.
+/// event not acked comes back. An ack cut off by the kill (sent, never answered) may or may not
+/// have been stored: its events may come back or not, but at most once.
 #[test]
 fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
-    const EVENTS: u64 = 3000;
+    const EVENTS: u64 = 20_000;
     let directory = tempfile::tempdir().unwrap();
     let data_dir = directory.path().join("data");
     let acked = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    // Events whose ack was sent and never answered.
+    let uncertain = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let mut random = rand::rng();
     {
         let server = RealServer::start(&data_dir);
@@ -266,10 +269,8 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         }
         server.terminate();
     }
-    let worker = |url: String,
-                  name: String,
-                  stop: Arc<AtomicBool>,
-                  acked: Arc<Mutex<std::collections::HashSet<u64>>>| {
+    type Set = Arc<Mutex<std::collections::HashSet<u64>>>;
+    let worker = |url: String, name: String, stop: Arc<AtomicBool>, acked: Set, uncertain: Set| {
         let client = reqwest::blocking::Client::new();
         while !stop.load(Ordering::Relaxed) {
             let Ok(response) = client
@@ -296,6 +297,11 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
                 .iter()
                 .map(|delivery| &delivery["receipt"])
                 .collect();
+            let batch: Vec<u64> = deliveries
+                .iter()
+                .map(|delivery| delivery["event"]["data"].as_u64().unwrap())
+                .collect();
+            uncertain.lock().unwrap().extend(batch.iter().copied());
             let Ok(response) = client
                 .post(format!("{url}/v1/subscriptions/workers/ack"))
                 .json(&json!({"receipts": receipts}))
@@ -307,9 +313,11 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
                 return;
             };
             let mut acked = acked.lock().unwrap();
-            for (delivery, result) in deliveries.iter().zip(answer["results"].as_array().unwrap()) {
+            let mut uncertain = uncertain.lock().unwrap();
+            for (data, result) in batch.iter().zip(answer["results"].as_array().unwrap()) {
+                uncertain.remove(data);
                 if result["status"] == "ok" {
-                    acked.insert(delivery["event"]["data"].as_u64().unwrap());
+                    acked.insert(*data);
                 }
             }
         }
@@ -319,8 +327,15 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..2)
             .map(|number| {
-                let (url, stop, acked) = (server.url.clone(), stop.clone(), acked.clone());
-                std::thread::spawn(move || worker(url, format!("w{number}"), stop, acked))
+                let (url, stop, acked, uncertain) = (
+                    server.url.clone(),
+                    stop.clone(),
+                    acked.clone(),
+                    uncertain.clone(),
+                );
+                std::thread::spawn(move || {
+                    worker(url, format!("w{number}"), stop, acked, uncertain)
+                })
             })
             .collect();
         std::thread::sleep(Duration::from_millis(random.random_range(100..400)));
@@ -370,10 +385,18 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         "the workers acked something before the kills"
     );
     assert!(acked.is_disjoint(&redelivered), "acked events came back");
-    assert_eq!(
-        acked.len() as u64 + redelivered.len() as u64,
-        EVENTS,
-        "every unacked event came back"
+    let uncertain = uncertain.lock().unwrap();
+    for data in 0..EVENTS {
+        assert!(
+            acked.contains(&data) || uncertain.contains(&data) || redelivered.contains(&data),
+            "event {data} was never acked and did not come back"
+        );
+    }
+    eprintln!(
+        "queue kill: {} acked, {} redelivered at the end, {} with an ack cut off by a kill",
+        acked.len(),
+        redelivered.len(),
+        uncertain.len()
     );
     server.terminate();
 }
