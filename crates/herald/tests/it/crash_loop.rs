@@ -27,8 +27,8 @@ use crate::real_server::RealServer;
 struct Records {
     /// (partition, offset) → (id, data) of every event answered 201.
     published: BTreeMap<(u64, u64), (String, u64)>,
-    /// Batches answered 201, to re-send: (events, positions).
-    batches: Vec<(Vec<Value>, Vec<(u64, u64)>)>,
+    /// Batches answered 201, to re-send.
+    batches: Vec<Batch>,
     duplicates_confirmed: u64,
     /// Queue events (by data) acked `ok`, and those whose ack was never answered.
     acked: HashSet<u64>,
@@ -41,6 +41,9 @@ struct Records {
 }
 
 type Shared = Arc<Mutex<Records>>;
+
+/// A batch's events and the (partition, offset) each was stored at.
+type Batch = (Vec<Value>, Vec<(u64, u64)>);
 
 fn kills() -> u32 {
     std::env::var("HERALD_CRASH_KILLS")
@@ -455,7 +458,7 @@ fn mixed_load_survives_repeated_kill_9() {
     // The end: drain the queue, answer what is pending, and look at the reply topic.
     let server = RealServer::start(&data_dir);
     let client = Client::new();
-    let mut records = records.lock().unwrap();
+    let records = records.lock().unwrap();
     let mut redelivered = HashSet::new();
     loop {
         let pulled: Value = client
