@@ -15,6 +15,9 @@
 //! - [`publish_load`]: its load generator, cheap enough to share the machine with the server.
 //! - [`queue_bench`]: the `herald-bench queue` run: draining a queue subscription with competing
 //!   consumers (pull + ack), and the publish-to-delivery latency of a long-polling consumer.
+//! - [`request_bench`]: the `herald-bench request` run: action/response round trips (request →
+//!   responder pulling and replying → 200), closed loops of 1 and 16 requesters and an open loop
+//!   at a fixed rate.
 //! - [`herald_process`]: starting, watching and stopping a `herald serve` process.
 //! - [`raw_disk`]: the baselines: plain `write` (+ `fdatasync`) and `pread` loops with no log.
 //! - [`workload`]: the records and batches every case and the criterion benches use, and the
@@ -37,4 +40,5 @@ pub mod publish_load;
 pub mod queue_bench;
 pub mod raw_disk;
 pub mod report;
+pub mod request_bench;
 pub mod workload;

@@ -91,6 +91,62 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// CPU time that programs (not the kernel's own threads) have used so far on the whole machine:
+/// the user, nice and system time of `/proc/stat`'s first line, minus what kernel threads
+/// (children of `kthreadd`: writeback, the ext4 journal, ...) used. Interrupt time is left out.
+/// It counts processes that started and ended in between, which summing processes would miss.
+pub fn programs_cpu_seconds() -> Option<f64> {
+    let busy = user_and_system_seconds_in(&fs::read_to_string("/proc/stat").ok()?)?;
+    Some(busy - kernel_threads_cpu_seconds())
+}
+
+fn user_and_system_seconds_in(stat: &str) -> Option<f64> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = [0, 1, 2]
+        .iter()
+        .map(|&index| ticks.get(index).copied().unwrap_or(0))
+        .sum::<u64>();
+    Some(busy as f64 / 100.0)
+}
+
+/// CPU time used so far by the kernel's threads (`kthreadd`, pid 2, and its children).
+fn kernel_threads_cpu_seconds() -> f64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if (pid == 2 || parent == Some(2))
+            && let Some(seconds) = cpu_seconds_in_stat(&stat)
+        {
+            total += seconds;
+        }
+    }
+    total
+}
+
 /// CPU time (user and system) this process has used so far, all threads included.
 pub fn process_cpu_seconds() -> Option<f64> {
     cpu_seconds_from_stat("/proc/self/stat")
@@ -301,6 +357,14 @@ mod tests {
         assert_eq!(command_name(stat), Some("beam.smp (x)"));
         assert_eq!(cpu_seconds_in_stat(stat), Some(3.0));
         assert_eq!(command_name("no parentheses"), None);
+    }
+
+    #[test]
+    fn busy_time_is_user_nice_and_system() {
+        let stat = "cpu  100 10 50 9000 400 5 5 30 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(user_and_system_seconds_in(stat), Some(1.6));
+        assert_eq!(user_and_system_seconds_in("intr 1 2 3"), None);
+        assert!(programs_cpu_seconds().is_some_and(|seconds| seconds > 0.0));
     }
 
     #[test]

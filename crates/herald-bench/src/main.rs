@@ -12,6 +12,7 @@ use herald_bench::log_bench::{self, Options};
 use herald_bench::machine::default_scratch_root;
 use herald_bench::publish_bench::{self, PublishOptions, ServerChoice};
 use herald_bench::queue_bench::{self, QueueOptions};
+use herald_bench::request_bench::{self, RequestOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", about = "Measures Herald on this machine")]
@@ -30,6 +31,9 @@ enum Command {
     /// Queue subscriptions of the real `herald serve`: draining a pre-filled queue with competing
     /// consumers (pull + ack), then the publish-to-delivery latency of a long-polling consumer.
     Queue(QueueArgs),
+    /// Action/response of the real `herald serve`: request → responder (pull, reply, ack) → 200
+    /// round trips, with 1 and 16 concurrent requesters and at a fixed rate.
+    Request(RequestArgs),
     /// Side by side: the same workloads against Herald (fsync always and never) and the peers
     /// running on this machine (NATS JetStream, RabbitMQ, PostgreSQL, Redis Streams).
     Compare(CompareArgs),
@@ -59,7 +63,7 @@ struct CompareArgs {
     /// Seconds measured per publish round [default: 5, or 0.3 with --quick].
     #[arg(long)]
     publish_seconds: Option<f64>,
-    /// Events published per fan-out round [default: 20000, or 500 with --quick].
+    /// Events published per fan-out round [default: 40000, or 500 with --quick].
     #[arg(long)]
     fanout_events: Option<u64>,
     /// Seconds of each latency round [default: 5, or 0.3 with --quick].
@@ -103,6 +107,46 @@ struct CompareArgs {
     #[arg(long, value_enum, default_value_t = Output::Markdown)]
     output: Output,
     /// Run even if the directory is in memory (tmpfs); Herald's figures are then meaningless.
+    #[arg(long)]
+    allow_tmpfs: bool,
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// Concurrent requesters of the closed-loop cases (repeat or comma-separate) [default: 1,16].
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<u32>,
+    /// Requests per second of the open-loop case.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Responders pulling the request queue.
+    #[arg(long, default_value_t = 4)]
+    responders: u32,
+    /// Bytes of each request's data.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Seconds per case [default: 10, or 1 with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// The fsync policy of the server [default: always].
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// Worker threads of the load generator (it shares the cores with the server).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Short cases: checks that the bench works in a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// The herald binary to start [default: `herald` next to herald-bench].
+    #[arg(long, value_name = "PATH")]
+    herald: Option<PathBuf>,
+    /// Where the server's data goes (a fresh directory inside it, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as markdown or as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
+    /// Run even if the directory is in memory (tmpfs); the figures are then meaningless.
     #[arg(long)]
     allow_tmpfs: bool,
 }
@@ -283,6 +327,7 @@ fn main() -> ExitCode {
         Command::Log(arguments) => run_log(arguments),
         Command::Publish(arguments) => run_publish(arguments),
         Command::Queue(arguments) => run_queue(arguments),
+        Command::Request(arguments) => run_request(arguments),
         Command::Compare(arguments) => run_compare(arguments),
     };
     match result {
@@ -412,6 +457,41 @@ fn run_queue(arguments: QueueArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = queue_bench::run(&options, &mut |line| eprintln!("{line}"))?;
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
+    Ok(())
+}
+
+fn run_request(arguments: RequestArgs) -> anyhow::Result<()> {
+    let quick = arguments.quick;
+    let case_duration = seconds_arg(
+        "seconds",
+        arguments.seconds.unwrap_or(if quick { 1.0 } else { 10.0 }),
+    )?;
+    ensure!(!case_duration.is_zero(), "--seconds must be more than 0");
+    let options = RequestOptions {
+        scratch_root: arguments.dir.unwrap_or_else(default_scratch_root),
+        binary: match arguments.herald {
+            Some(binary) => binary,
+            None => herald_process::default_binary()?,
+        },
+        fsync: arguments.fsync.unwrap_or(Fsync::Always).policy().to_owned(),
+        event_bytes: arguments.event_bytes,
+        concurrency: if arguments.concurrency.is_empty() {
+            vec![1, 16]
+        } else {
+            arguments.concurrency
+        },
+        rate: arguments.rate,
+        responders: arguments.responders,
+        case_duration,
+        client_threads: arguments.client_threads,
+        quick,
+        allow_in_memory: arguments.allow_tmpfs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = request_bench::run(&options, &mut |line| eprintln!("{line}"))?;
     arguments
         .output
         .print(|| report.to_markdown(), || report.to_json());

@@ -615,8 +615,18 @@ fn rounds_cell(workload: Workload, row: &Row) -> String {
         .rounds
         .iter()
         .map(|round| match &round.measurement {
-            Some(measurement) if workload == Workload::Latency => millis(measurement.p99_millis),
-            Some(measurement) => format_rate(measurement.rate),
+            Some(measurement) => {
+                let value = if workload == Workload::Latency {
+                    millis(measurement.p99_millis)
+                } else {
+                    format_rate(measurement.rate)
+                };
+                if measurement.disturbed() {
+                    format!("{value}*")
+                } else {
+                    value
+                }
+            }
             None if round.error.is_some() => "error".to_owned(),
             None => "-".to_owned(),
         })
@@ -791,6 +801,21 @@ fn write_workload(out: &mut String, result: &WorkloadResult, s: &crate::compare:
             escape(&row.status)
         );
     }
+    let disturbed = result.rows.iter().any(|row| {
+        row.rounds
+            .iter()
+            .filter_map(|round| round.measurement.as_ref())
+            .any(Measurement::disturbed)
+    });
+    if disturbed {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "\\* other processes used more than {} cores during that round (a compiler, say): \
+             its figure is less trustworthy.",
+            crate::compare::DISTURBED_CORES
+        );
+    }
     if !result.prefill.is_empty() {
         let _ = writeln!(out);
         let filled: Vec<String> = result
@@ -835,7 +860,7 @@ fn system_name(system: crate::compare::SystemId) -> &'static str {
 }
 
 /// The table of the issue's goals.
-fn write_goals(out: &mut String, goals: &[Goal]) {
+pub(crate) fn write_goals(out: &mut String, goals: &[Goal]) {
     let _ = writeln!(out, "| goal | measured | met |");
     let _ = writeln!(out, "|---|---|---|");
     for goal in goals {
@@ -855,7 +880,7 @@ pub fn percentile_millis(sorted_micros: &[u32], fraction: f64) -> f64 {
 }
 
 /// The lines every report starts with: commit, command, machine, load, bench directory.
-fn write_context(
+pub(crate) fn write_context(
     out: &mut String,
     git_commit: &str,
     command: &str,

@@ -24,6 +24,10 @@ const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 /// (time the request's record may be forgotten, request id), so old records are found by a
 /// range scan.
 const REQUEST_PURGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("request_purge");
+/// Request id → (partition, offset) of its outcome's event in the reply topic, once appended
+/// (a small row, so marking does not rewrite the record).
+const REQUEST_APPENDED: TableDefinition<&str, (u32, u64)> =
+    TableDefinition::new("request_appended");
 
 /// An error of the metadata database.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +132,16 @@ pub struct RequestOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestWrite {
     Put(Box<RequestRecord>),
-    Delete { id: String, keep_until_ms: u64 },
+    /// The outcome's event is in the reply topic at (partition, offset).
+    Appended {
+        id: String,
+        partition: u32,
+        offset: u64,
+    },
+    Delete {
+        id: String,
+        keep_until_ms: u64,
+    },
 }
 
 /// Durable changes of queue subscriptions, or their whole stored state.
@@ -152,6 +165,20 @@ impl QueueChanges {
             && self.retries.is_empty()
             && self.resets.is_empty()
     }
+}
+
+/// Fills in where a record's outcome was appended, from the small `request_appended` row.
+fn with_appended(
+    appended: &impl ReadableTable<&'static str, (u32, u64)>,
+    record: &mut RequestRecord,
+) -> Result<(), MetaError> {
+    if let Some(outcome) = &mut record.outcome
+        && outcome.appended.is_none()
+        && let Some(position) = appended.get(record.id.as_str()).map_err(meta_error)?
+    {
+        outcome.appended = Some(position.value());
+    }
+    Ok(())
 }
 
 /// The metadata database.
@@ -178,6 +205,7 @@ impl MetaStore {
             transaction.open_table(QUEUE_RETRY)?;
             transaction.open_table(REQUESTS)?;
             transaction.open_table(REQUEST_PURGE)?;
+            transaction.open_table(REQUEST_APPENDED)?;
             Ok(())
         })?;
         Ok(store)
@@ -365,7 +393,7 @@ impl MetaStore {
             .iter()
             .map(|write| match write {
                 RequestWrite::Put(record) => serde_json::to_vec(record).map(Some),
-                RequestWrite::Delete { .. } => Ok(None),
+                RequestWrite::Delete { .. } | RequestWrite::Appended { .. } => Ok(None),
             })
             .collect::<Result<_, _>>()
             .map_err(meta_error)?;
@@ -373,15 +401,27 @@ impl MetaStore {
             if !requests.is_empty() {
                 let mut table = transaction.open_table(REQUESTS)?;
                 let mut purge = transaction.open_table(REQUEST_PURGE)?;
+                let mut appended = transaction.open_table(REQUEST_APPENDED)?;
                 for (write, bytes) in requests.iter().zip(&encoded) {
                     match (write, bytes) {
                         (RequestWrite::Put(record), Some(bytes)) => {
                             table.insert(record.id.as_str(), bytes.as_slice())?;
                             purge.insert((record.keep_until_ms, record.id.as_str()), ())?;
                         }
+                        (
+                            RequestWrite::Appended {
+                                id,
+                                partition,
+                                offset,
+                            },
+                            _,
+                        ) => {
+                            appended.insert(id.as_str(), (*partition, *offset))?;
+                        }
                         (RequestWrite::Delete { id, keep_until_ms }, _) => {
                             table.remove(id.as_str())?;
                             purge.remove((*keep_until_ms, id.as_str()))?;
+                            appended.remove(id.as_str())?;
                         }
                         (RequestWrite::Put(_), None) => unreachable!("encoded above"),
                     }
@@ -474,18 +514,34 @@ impl MetaStore {
 
     /// Every stored request.
     pub fn requests(&self) -> Result<Vec<RequestRecord>, MetaError> {
-        self.read_all(REQUESTS)
+        let mut records: Vec<RequestRecord> = self.read_all(REQUESTS)?;
+        let transaction = self.begin_read()?;
+        let appended = transaction
+            .open_table(REQUEST_APPENDED)
+            .map_err(meta_error)?;
+        for record in &mut records {
+            with_appended(&appended, record)?;
+        }
+        Ok(records)
     }
 
     /// One stored request.
     pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, MetaError> {
         let transaction = self.begin_read()?;
         let table = transaction.open_table(REQUESTS).map_err(meta_error)?;
-        table
+        let Some(mut record) = table
             .get(id)
             .map_err(meta_error)?
-            .map(|value| serde_json::from_slice(value.value()).map_err(meta_error))
-            .transpose()
+            .map(|value| serde_json::from_slice::<RequestRecord>(value.value()).map_err(meta_error))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let appended = transaction
+            .open_table(REQUEST_APPENDED)
+            .map_err(meta_error)?;
+        with_appended(&appended, &mut record)?;
+        Ok(Some(record))
     }
 
     /// Forgets the requests whose `keep_until_ms` is before `now_ms`; returns how many.
@@ -499,8 +555,10 @@ impl MetaStore {
                 let (_, id) = key.value();
                 ids.push(id.to_owned());
             }
+            let mut appended = transaction.open_table(REQUEST_APPENDED)?;
             for id in &ids {
                 table.remove(id.as_str())?;
+                appended.remove(id.as_str())?;
             }
             purge.retain_in((0, "")..(now_ms, ""), |_, _| false)?;
             Ok(ids.len() as u64)

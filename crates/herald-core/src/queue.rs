@@ -634,54 +634,43 @@ fn covered(broker: &Broker, subscription: &Subscription) -> Vec<(Arc<Topic>, u32
 
 /// Marks one event done without a delivery (a reply already handed to its requester): an event
 /// not read into the window yet is skipped when it is, a pending one leaves the window. A leased
-/// one is left to its consumer. Durable before it returns.
+/// one is left to its consumer. The change is made in memory at once; the caller makes it
+/// durable with the returned changes (empty when there is nothing to store).
 pub(crate) async fn mark_done(
     broker: &Broker,
-    subscription: &Subscription,
     group: &QueueGroup,
     topic_id: u64,
     partition: u32,
     offset: u64,
-) -> Result<(), BrokerError> {
+) -> Result<QueueChanges, BrokerError> {
     let key = (topic_id, partition);
     let info = broker.store.partition_info(topic_id, partition)?;
     let _gate = group.seek_gate.read().await;
     let mut changes = QueueChanges::default();
-    {
-        let mut state = lock(&group.state);
-        let entry = state
-            .partitions
-            .entry(key)
-            .or_insert_with(|| QueuePartition {
-                floor: info.start_offset,
-                read_to: info.start_offset,
-                ..QueuePartition::default()
-            });
-        if offset < entry.floor {
-            return Ok(());
-        }
-        if offset >= entry.read_to {
-            entry.done_ahead.insert(offset);
-            entry.retries_ahead.remove(&offset);
-            changes.done.push((topic_id, partition, offset));
-        } else {
-            match entry.slots.get(&offset).map(|slot| &slot.state) {
-                Some(SlotState::Pending { .. }) => {
-                    entry.slots.remove(&offset);
-                    changes.done.push((topic_id, partition, offset));
-                    entry.recompute_floor();
-                    changes.floors.push((topic_id, partition, entry.floor));
-                }
-                Some(SlotState::Leased { .. }) | None => return Ok(()),
-            }
-        }
+    let mut state = lock(&group.state);
+    let entry = state
+        .partitions
+        .entry(key)
+        .or_insert_with(|| QueuePartition {
+            floor: info.start_offset,
+            read_to: info.start_offset,
+            ..QueuePartition::default()
+        });
+    if offset < entry.floor {
+        return Ok(changes);
     }
-    broker
-        .store
-        .commit_queue_changes(subscription.id, changes)
-        .await?;
-    group.changed.notify_waiters();
-    Ok(())
+    if offset >= entry.read_to {
+        entry.done_ahead.insert(offset);
+        entry.retries_ahead.remove(&offset);
+        changes.done.push((topic_id, partition, offset));
+    } else if let Some(SlotState::Pending { .. }) = entry.slots.get(&offset).map(|slot| &slot.state)
+    {
+        entry.slots.remove(&offset);
+        changes.done.push((topic_id, partition, offset));
+        entry.recompute_floor();
+        changes.floors.push((topic_id, partition, entry.floor));
+    }
+    Ok(changes)
 }
 
 pub(crate) async fn pull(

@@ -143,6 +143,8 @@ struct State {
     deadlines: BTreeSet<(u64, String)>,
     /// Outcomes recorded but not yet appended to their reply topic.
     unappended: BTreeSet<String>,
+    /// Outcomes appended, to mark as such in the store.
+    marks: Vec<RequestWrite>,
     closed: bool,
 }
 
@@ -539,7 +541,8 @@ impl Broker {
             .write_requests(vec![RequestWrite::Put(Box::new(record.clone()))])
             .await?;
         // From here on the outcome is durable: whatever fails below is finished later.
-        let position = match self.append_outcome(&record).await {
+        // Live: the claim excludes every other outcome, so nothing to look for first.
+        let position = match self.append_outcome(&record, false).await {
             Ok(position) => Some(position),
             Err(error) => {
                 tracing::warn!(request = id, %error, "could not append a request's outcome to its reply topic; retrying in the background");
@@ -554,7 +557,7 @@ impl Broker {
     /// Hands a recorded outcome to the waiters and marks it as appended.
     async fn after_recorded(
         &self,
-        mut record: RequestRecord,
+        record: RequestRecord,
         position: Option<Published>,
         event: Vec<u8>,
     ) {
@@ -580,33 +583,45 @@ impl Broker {
         };
         self.requests.finish(&record.id, Some(outcome));
         if let Some(position) = position {
-            self.mark_appended(&mut record, position).await;
+            // Written by the expiry task, many in one transaction: nothing waits for it.
+            lock(&self.requests.state)
+                .marks
+                .push(RequestWrite::Appended {
+                    id: record.id,
+                    partition: position.partition,
+                    offset: position.offset,
+                });
+            self.requests.wake.notify_one();
         }
     }
 
-    async fn mark_appended(&self, record: &mut RequestRecord, position: Published) {
-        if let Some(outcome) = &mut record.outcome {
-            outcome.appended = Some((position.partition, position.offset));
-        }
-        if let Err(error) = self
-            .store
-            .write_requests(vec![RequestWrite::Put(Box::new(record.clone()))])
-            .await
-        {
+    async fn mark_appended(&self, record: &RequestRecord, position: Published) {
+        let mark = RequestWrite::Appended {
+            id: record.id.clone(),
+            partition: position.partition,
+            offset: position.offset,
+        };
+        if let Err(error) = self.store.write_requests(vec![mark]).await {
             // Harmless: after a restart the event is found in the reply topic, not appended again.
             tracing::warn!(request = record.id, %error, "could not mark a request's outcome as appended");
         }
     }
 
-    /// Appends a recorded outcome's event to the reply topic, unless it is already there (a
-    /// restart between the append and its mark).
-    async fn append_outcome(&self, record: &RequestRecord) -> Result<Published, BrokerError> {
+    /// Appends a recorded outcome's event to the reply topic; with `search`, only if it is not
+    /// there already (after a restart between the append and its mark).
+    async fn append_outcome(
+        &self,
+        record: &RequestRecord,
+        search: bool,
+    ) -> Result<Published, BrokerError> {
         let outcome = record
             .outcome
             .as_ref()
             .expect("only recorded outcomes are appended");
         let reply_topic = reply_topic(&record.group);
-        if let Ok(topic) = self.topic(&reply_topic) {
+        if let Ok(topic) = self.topic(&reply_topic)
+            && search
+        {
             let mut offset = outcome.scan_from;
             loop {
                 let read = match self
@@ -707,6 +722,13 @@ impl Broker {
     /// holds no timer).
     async fn requests_round(&self) -> Option<Duration> {
         let now = self.clock_ms();
+        let marks = std::mem::take(&mut lock(&self.requests.state).marks);
+        if !marks.is_empty()
+            && let Err(error) = self.store.write_requests(marks).await
+        {
+            // Harmless: after a restart those outcomes are found in the reply topic.
+            tracing::warn!(%error, "could not mark request outcomes as appended");
+        }
         let (due, unappended): (Vec<String>, Vec<String>) = {
             let mut state = lock(&self.requests.state);
             let due: Vec<String> = state
@@ -731,11 +753,8 @@ impl Broker {
                     continue;
                 }
             };
-            match self.append_outcome(&record).await {
-                Ok(position) => {
-                    let mut record = record;
-                    self.mark_appended(&mut record, position).await;
-                }
+            match self.append_outcome(&record, true).await {
+                Ok(position) => self.mark_appended(&record, position).await,
                 Err(_) => {
                     lock(&self.requests.state).unappended.insert(id);
                 }
@@ -789,15 +808,25 @@ impl Broker {
         let topic = self.topic(&name)?;
         let subscription = self.subscription(&name)?;
         if let Group::Queue(queue) = &subscription.group {
-            crate::queue::mark_done(
+            let changes = crate::queue::mark_done(
                 self,
-                &subscription,
                 queue,
                 topic.record.id,
                 position.partition,
                 position.offset,
             )
             .await?;
+            if !changes.is_empty() {
+                // Durable in the background: the requester has its reply now, and a crash before
+                // this commit only means the reply queue delivers the reply once more.
+                let store = self.store.clone();
+                let id = subscription.id;
+                tokio::spawn(async move {
+                    if let Err(error) = store.commit_queue_changes(id, changes).await {
+                        tracing::warn!(%error, "could not store a reply as taken");
+                    }
+                });
+            }
         }
         Ok(())
     }

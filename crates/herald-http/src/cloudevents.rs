@@ -132,6 +132,54 @@ impl<'de> de::Deserialize<'de> for Scalar<'de> {
     }
 }
 
+/// Any JSON value, checked rather than kept: unlike `IgnoredAny`, numbers are parsed, so one
+/// beyond what a 64-bit float holds (`1e999999`) is an error here instead of an event that
+/// consumers' JSON parsers cannot read back.
+struct Checked;
+
+impl<'de> de::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CheckedVisitor;
+        impl<'de> Visitor<'de> for CheckedVisitor {
+            type Value = Checked;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Checked, E> {
+                if value.is_finite() {
+                    Ok(Checked)
+                } else {
+                    Err(E::custom("a number out of range"))
+                }
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<IgnoredAny, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
 /// The attributes Herald needs from a structured event, borrowed from the input.
 #[derive(Default)]
 struct Fields<'a> {
@@ -163,7 +211,7 @@ impl<'de> de::Deserialize<'de> for Fields<'de> {
                 while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
                     match name.as_ref() {
                         "data" => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Checked>()?;
                             if fields.has_data {
                                 note(&mut fields, "attribute \"data\" appears twice".into());
                             }
@@ -472,6 +520,8 @@ fn push_data(
                 .map_err(|error| EventError::Invalid(format!("the body is not UTF-8: {error}")))?;
             let raw: &RawValue = serde_json::from_str(text)
                 .map_err(|error| EventError::Invalid(json_error(&error)))?;
+            serde_json::from_str::<Checked>(raw.get())
+                .map_err(|error| EventError::Invalid(json_error(&error)))?;
             json.extend_from_slice(b",\"data\":");
             json.extend_from_slice(raw.get().as_bytes());
         }
@@ -679,6 +729,22 @@ mod tests {
             Err(error) => error.to_string(),
             Ok(value) => panic!("expected an error, got {value:?}"),
         }
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_refused_in_every_mode() {
+        let structured =
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":[1e999999]}}"#;
+        assert!(error_text(parse_structured(structured, &LIMITS)).contains("out of range"));
+        let extension = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","big":-1e400}"#;
+        assert!(error_text(parse_structured(extension, &LIMITS)).contains("out of range"));
+        assert!(
+            error_text(build_from_json_data(b"1e999999", "t", None, "now", &LIMITS))
+                .contains("out of range")
+        );
+        // Large but representable numbers stay as sent.
+        let fine = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":[1e300,18446744073709551616]}"#;
+        assert_eq!(parse_structured(fine, &LIMITS).unwrap().body, &fine[..]);
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub fn router(app: Arc<App>, body_bytes_max: usize) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::map_response(
+            problem::plain_errors_as_problems,
+        ))
         .with_state(app)
 }
 

@@ -24,6 +24,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         return crate::problem::Problem::not_ready().into_response();
     };
     let mut out = String::with_capacity(4096);
+    let _ = writeln!(
+        out,
+        "# HELP herald_requests_pending Requests (action/response) waiting for a reply or their deadline."
+    );
+    let _ = writeln!(out, "# TYPE herald_requests_pending gauge");
+    let _ = writeln!(out, "herald_requests_pending {}", broker.pending_requests());
     let topics = broker.list_topics();
     let _ = writeln!(
         out,

@@ -8,6 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::cloudevents::EventError;
 
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 /// A problem to answer with.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -204,10 +207,9 @@ impl IntoResponse for Problem {
                 .map(|(key, value)| (key.to_owned(), value)),
         );
         let mut response = (self.status, Value::Object(body).to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = self.retry_after_seconds {
             response
                 .headers_mut()
@@ -215,4 +217,30 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+/// Turns an error answer that is not problem+json (an extractor's rejection, such as a path
+/// segment that is not UTF-8) into one, keeping its status and using its text as the detail.
+pub async fn plain_errors_as_problems(
+    response: axum::response::Response,
+) -> axum::response::Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let detail = if detail.is_empty() {
+        title.to_owned()
+    } else {
+        detail
+    };
+    Problem::new(status, "invalid-request", title, detail).into_response()
 }

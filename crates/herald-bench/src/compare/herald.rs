@@ -17,17 +17,17 @@
 //!   answer; events carry their send time in `data.sent_us`.
 //! - replay: `GET /v1/topics/{topic}/events` of the queue workload's topic, 1,000 events per
 //!   call, every partition from offset 0.
-//! - request/reply: `POST /v1/topics/{topic}/requests` answered by a responder that pulls the
-//!   requests from a queue subscription and posts `POST /v1/requests/{id}/reply`.
+//! - request/reply: `herald-bench request`'s requesters and responders: `POST
+//!   /v1/topics/{topic}/requests` held open until the reply; responders pull the requests from a
+//!   queue subscription, post `POST /v1/requests/{id}/reply` for each and ack them.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::CONTENT_TYPE;
 
 use super::load::{
     Budget, CpuProbe, Stop, TimedConsumer, TimedPublisher, Worker, run_latency, run_workers,
@@ -37,13 +37,11 @@ use super::{Durability, Outcome, Settings, Workload};
 use crate::herald_process::HeraldProcess;
 use crate::publish_load::{self, BatchTemplate, find};
 use crate::queue_bench::{self, Deliveries};
+use crate::request_bench;
 
-const JSON: &str = "application/json";
 const BACKLOG_TOPIC: &str = "compare-backlog";
 const BACKLOG_SUBSCRIPTION: &str = "compare-workers";
 const BACKLOG_PARTITIONS: u32 = 4;
-/// The reply group of the request/reply workload's requesters.
-const REPLY_GROUP: &str = "compare-requesters";
 
 /// One `herald serve` under one fsync policy.
 #[derive(Debug)]
@@ -54,6 +52,8 @@ pub struct HeraldTarget {
     /// Makes this run's event sources (hence dedup keys) unique.
     run: String,
     backlog_filled: bool,
+    /// The request/reply workload's queue subscription exists.
+    responders_subscribed: bool,
 }
 
 impl HeraldTarget {
@@ -73,6 +73,7 @@ impl HeraldTarget {
             fsync: fsync.to_owned(),
             run: publish_load::run_tag(),
             backlog_filled: false,
+            responders_subscribed: false,
         })
     }
 
@@ -326,42 +327,55 @@ impl HeraldTarget {
         Ok(Outcome::Measured(result?.into()))
     }
 
+    /// `herald-bench request`'s requesters and responders (the same code), as many responders
+    /// as requesters.
     pub async fn request_reply(
         &mut self,
         settings: &Settings,
-        round: u32,
+        _round: u32,
     ) -> anyhow::Result<Outcome> {
-        let topic = format!("compare-rpc-r{round}");
-        publish_load::create_topic(&self.base_url, &topic, 1, None).await?;
-        let subscription =
-            serde_json::json!({ "topics": [topic], "start": "earliest", "mode": "queue" });
-        let subscription_url = format!("{}/v1/subscriptions/{topic}", self.base_url);
-        publish_load::put_json(&subscription_url, &subscription).await?;
-        let responder = tokio::spawn(respond(
-            queue_bench::client()?,
-            subscription_url.clone(),
-            self.base_url.clone(),
-            reply_body(settings.event_bytes),
-        ));
-        let sequence = Arc::new(AtomicU64::new(0));
-        let mut requesters = Vec::new();
+        if !self.responders_subscribed {
+            publish_load::put_json(
+                &format!(
+                    "{}/v1/subscriptions/{}",
+                    self.base_url,
+                    request_bench::SUBSCRIPTION
+                ),
+                &serde_json::json!({"topics": [request_bench::TOPIC], "start": "latest"}),
+            )
+            .await?;
+            self.responders_subscribed = true;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut responders = Vec::new();
         for number in 0..settings.requesters {
+            responders.push(tokio::spawn(request_bench::respond(
+                request_bench::client()?,
+                self.base_url.clone(),
+                number,
+                stop.clone(),
+            )));
+        }
+        let url = format!(
+            "{}/v1/topics/{}/requests?timeout=10s",
+            self.base_url,
+            request_bench::TOPIC
+        );
+        let data = Bytes::from(request_bench::request_data(settings.event_bytes));
+        let mut requesters = Vec::new();
+        for _ in 0..settings.requesters {
             requesters.push(Requester {
-                client: queue_bench::client()?,
-                url: format!("{}/v1/topics/{topic}/requests?timeout=10s", self.base_url),
-                source: self.source(&topic, number),
-                event_bytes: settings.event_bytes,
-                sequence: sequence.clone(),
+                client: request_bench::client()?,
+                url: url.clone(),
+                data: data.clone(),
             });
         }
-        let result = run_workers(requesters, settings.request_stop(), &self.cpu_probe()).await;
-        responder.abort();
-        if let Ok(Err(error)) = responder.await {
-            return Err(error.context("the responder failed"));
+        let run = run_workers(requesters, settings.request_stop(), &self.cpu_probe()).await;
+        stop.store(true, Ordering::Relaxed);
+        for responder in responders {
+            responder.await.context("a responder panicked")??;
         }
-        delete(&subscription_url).await?;
-        publish_load::delete_topic(&self.base_url, &topic).await?;
-        Ok(Outcome::Measured(result?.into()))
+        Ok(Outcome::Measured(run?.into()))
     }
 
     /// Stops the server (SIGTERM, graceful) and deletes its data.
@@ -581,105 +595,18 @@ impl TimedConsumer for LatencyConsumer {
     }
 }
 
-/// The reply's data: a JSON object of about `event_bytes` bytes.
-fn reply_body(event_bytes: usize) -> Bytes {
-    let filler = "r".repeat(event_bytes.saturating_sub(14));
-    Bytes::from(format!(r#"{{"filler":"{filler}"}}"#))
-}
-
-/// The responder of the request/reply workload: pulls requests, replies to each (concurrently),
-/// acks them. Runs until aborted.
-async fn respond(
-    client: reqwest::Client,
-    subscription_url: String,
-    base_url: String,
-    reply: Bytes,
-) -> anyhow::Result<()> {
-    const CORRELATION: &[u8] = b"\"correlationid\":\"";
-    let pull_url = format!("{subscription_url}/pull");
-    let ack_url = format!("{subscription_url}/ack");
-    loop {
-        let body = Bytes::from_static(br#"{"max":100,"consumer":"responder","wait":"5s"}"#);
-        let answer = queue_bench::pull(&client, &pull_url, body).await?;
-        let deliveries = Deliveries::parse(&answer)?;
-        let mut replies = Vec::new();
-        let mut at = 0;
-        while let Some(offset) = find(&answer[at..], CORRELATION) {
-            let start = at + offset + CORRELATION.len();
-            let length = answer[start..]
-                .iter()
-                .position(|&byte| byte == b'"')
-                .context("an unterminated correlationid")?;
-            let id = std::str::from_utf8(&answer[start..start + length])?.to_owned();
-            at = start + length;
-            let url = format!("{base_url}/v1/requests/{id}/reply");
-            let client = client.clone();
-            let body = reply.clone();
-            replies.push(async move {
-                let (status, answer) = publish_load::post(&client, &url, JSON, body).await?;
-                ensure!(
-                    status == StatusCode::CREATED,
-                    "POST {url} answered {status}: {}",
-                    String::from_utf8_lossy(&answer[..answer.len().min(300)])
-                );
-                anyhow::Ok(())
-            });
-        }
-        ensure!(
-            replies.len() == deliveries.receipts.len(),
-            "{} of {} requests carry a correlationid",
-            replies.len(),
-            deliveries.receipts.len()
-        );
-        futures_util::future::try_join_all(replies).await?;
-        if !deliveries.receipts.is_empty() {
-            queue_bench::ack(&client, &ack_url, &deliveries.receipts).await?;
-        }
-    }
-}
-
-/// One requester: sends a request event and waits for its reply.
+/// One requester: sends a request and waits for the answer that carries its reply.
 struct Requester {
     client: reqwest::Client,
     url: String,
-    source: String,
-    event_bytes: usize,
-    sequence: Arc<AtomicU64>,
+    data: Bytes,
 }
 
 impl Worker for Requester {
     async fn step(&mut self) -> anyhow::Result<Option<u64>> {
-        let number = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let event = publish_load::event_json(
-            &self.source,
-            "2026-01-01T00:00:00Z",
-            self.event_bytes,
-            number,
-        )?;
-        // The template's id is all zeros; every request needs its own.
-        let event = event.replacen(
-            &format!("\"id\":\"{}\"", "0".repeat(publish_load::ID_DIGITS)),
-            &format!("\"id\":\"{number:016x}\""),
-            1,
-        );
-        let response = self
-            .client
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/cloudevents+json")
-            .header("herald-reply-group", REPLY_GROUP)
-            .body(event)
-            .send()
-            .await
-            .with_context(|| format!("POST {}", self.url))?;
-        let status = response.status();
-        let answer = response.bytes().await?;
-        if status != StatusCode::OK || find(&answer, b"\"reply\":").is_none() {
-            bail!(
-                "POST {} answered {status}: {}",
-                self.url,
-                String::from_utf8_lossy(&answer[..answer.len().min(300)])
-            );
-        }
+        let answered =
+            request_bench::round_trip(&self.client, &self.url, self.data.clone()).await?;
+        ensure!(answered, "a request was not answered within 10 s (202)");
         Ok(Some(1))
     }
 }

@@ -74,20 +74,51 @@ impl CpuProbe {
     }
 }
 
-/// CPU seconds of the load generator and of the server at one moment.
+/// CPU seconds of the load generator, of the server and of the whole machine at one moment.
 #[derive(Debug, Clone, Copy)]
-struct CpuMark {
+pub struct CpuMark {
     at: Instant,
     bench: Option<f64>,
     server: Option<f64>,
+    machine: Option<f64>,
+}
+
+/// CPU cores (CPU seconds per second) used between two marks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuCores {
+    pub bench: Option<f64>,
+    pub server: Option<f64>,
+    /// Every other program on the machine (a compiler, say; also the systems not being
+    /// measured, idle). The kernel's threads (writeback, the journal) are not counted: they
+    /// work for the system being measured. More than a few tenths of a core means the figures
+    /// were disturbed.
+    pub other: Option<f64>,
 }
 
 impl CpuMark {
-    fn now(probe: &CpuProbe) -> CpuMark {
+    pub fn now(probe: &CpuProbe) -> CpuMark {
         CpuMark {
             bench: machine::process_cpu_seconds(),
             server: probe.seconds(),
+            machine: machine::programs_cpu_seconds(),
             at: Instant::now(),
+        }
+    }
+
+    /// What was used from `self` to `end`.
+    pub fn cores_until(&self, end: &CpuMark) -> CpuCores {
+        let seconds = (end.at - self.at).as_secs_f64();
+        let per_second = |before: Option<f64>, after: Option<f64>| {
+            Some((after? - before?) / seconds).filter(|_| seconds > 0.0)
+        };
+        let bench = per_second(self.bench, end.bench);
+        let server = per_second(self.server, end.server);
+        let other = per_second(self.machine, end.machine)
+            .map(|all| (all - bench.unwrap_or(0.0) - server.unwrap_or(0.0)).max(0.0));
+        CpuCores {
+            bench,
+            server,
+            other,
         }
     }
 }
@@ -105,6 +136,7 @@ pub struct Run {
     /// CPU seconds per second over the measured interval: 2.0 is both cores of a 2-core machine.
     pub bench_cpu_cores: Option<f64>,
     pub server_cpu_cores: Option<f64>,
+    pub other_cpu_cores: Option<f64>,
 }
 
 impl Run {
@@ -121,11 +153,10 @@ impl Run {
     }
 
     fn set_cpu(&mut self, start: &CpuMark, end: &CpuMark) {
-        let seconds = (end.at - start.at).as_secs_f64();
-        let per_second =
-            |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
-        self.bench_cpu_cores = per_second(start.bench, end.bench);
-        self.server_cpu_cores = per_second(start.server, end.server);
+        let cores = start.cores_until(end);
+        self.bench_cpu_cores = cores.bench;
+        self.server_cpu_cores = cores.server;
+        self.other_cpu_cores = cores.other;
     }
 }
 
@@ -403,6 +434,7 @@ pub struct LatencyRun {
     pub publish_p99_millis: f64,
     pub bench_cpu_cores: Option<f64>,
     pub server_cpu_cores: Option<f64>,
+    pub other_cpu_cores: Option<f64>,
 }
 
 /// Publishes `rate` events per second for `duration`, in batches of `batch` (one every
@@ -481,10 +513,10 @@ pub async fn run_latency<P: TimedPublisher, C: TimedConsumer>(
         publish_p99_millis: percentile_millis(&publish_micros, 0.99),
         ..LatencyRun::default()
     };
-    let seconds = run.seconds;
-    let per_second = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
-    run.bench_cpu_cores = per_second(start_mark.bench, end_mark.bench);
-    run.server_cpu_cores = per_second(start_mark.server, end_mark.server);
+    let cores = start_mark.cores_until(&end_mark);
+    run.bench_cpu_cores = cores.bench;
+    run.server_cpu_cores = cores.server;
+    run.other_cpu_cores = cores.other;
     Ok(run)
 }
 

@@ -35,7 +35,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use self::herald::HeraldTarget;
-use self::load::{CpuProbe, LatencyRun, Run, Stop, Worker, run_workers};
+use self::load::{CpuMark, CpuProbe, LatencyRun, Run, Stop, Worker, run_workers};
 use self::nats::NatsTarget;
 use self::postgres::PostgresTarget;
 use self::rabbitmq::RabbitTarget;
@@ -251,7 +251,7 @@ impl Settings {
             consumers: 4,
             pull_max: 100,
             fanout_subscriptions: 10,
-            fanout_events: 20_000,
+            fanout_events: 40_000,
             fanout_batch: 100,
             latency_rate: 5000,
             latency_batch: 5,
@@ -381,6 +381,22 @@ pub struct Measurement {
     /// CPU seconds per second: 2.0 is both cores of a 2-core machine.
     pub server_cpu_cores: Option<f64>,
     pub bench_cpu_cores: Option<f64>,
+    /// What the rest of the machine used meanwhile (see [`load::CpuCores::other`]).
+    pub other_cpu_cores: Option<f64>,
+}
+
+/// Above this many cores used by other processes, a round counts as disturbed.
+pub const DISTURBED_CORES: f64 = 0.3;
+
+impl Measurement {
+    /// Whether something else used a noticeable share of the machine during the round (only
+    /// said of rounds of a second or more: CPU time is counted in 10 ms ticks).
+    pub fn disturbed(&self) -> bool {
+        self.seconds >= 1.0
+            && self
+                .other_cpu_cores
+                .is_some_and(|cores| cores > DISTURBED_CORES)
+    }
 }
 
 impl From<Run> for Measurement {
@@ -396,6 +412,7 @@ impl From<Run> for Measurement {
             max_millis: steps.then(|| run.step_percentile_millis(1.0)),
             server_cpu_cores: run.server_cpu_cores,
             bench_cpu_cores: run.bench_cpu_cores,
+            other_cpu_cores: run.other_cpu_cores,
         }
     }
 }
@@ -416,6 +433,7 @@ impl From<LatencyRun> for Measurement {
             max_millis: Some(run.max_millis),
             server_cpu_cores: run.server_cpu_cores,
             bench_cpu_cores: run.bench_cpu_cores,
+            other_cpu_cores: run.other_cpu_cores,
         }
     }
 }
@@ -436,7 +454,7 @@ pub(crate) async fn run_fanout<P: Worker, S: Worker>(
     events: u64,
     server: &CpuProbe,
 ) -> anyhow::Result<Measurement> {
-    let cpu_before = (machine::process_cpu_seconds(), server.seconds());
+    let cpu_before = CpuMark::now(server);
     let started = Instant::now();
     let producing = run_workers(
         vec![producer],
@@ -452,8 +470,7 @@ pub(crate) async fn run_fanout<P: Worker, S: Worker>(
     }));
     let (produced, consumed) = tokio::try_join!(producing, consuming)?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_after = (machine::process_cpu_seconds(), server.seconds());
-    let per_second = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
+    let cores = cpu_before.cores_until(&CpuMark::now(server));
     ensure!(
         produced.events == events,
         "published {} of {events}",
@@ -470,8 +487,9 @@ pub(crate) async fn run_fanout<P: Worker, S: Worker>(
         rate: events as f64 / seconds,
         events,
         seconds,
-        bench_cpu_cores: per_second(cpu_before.0, cpu_after.0),
-        server_cpu_cores: per_second(cpu_before.1, cpu_after.1),
+        bench_cpu_cores: cores.bench,
+        server_cpu_cores: cores.server,
+        other_cpu_cores: cores.other,
         ..Measurement::default()
     })
 }
@@ -712,6 +730,7 @@ fn median_measurement(measurements: &[&Measurement]) -> Option<Measurement> {
         max_millis: median_of(measurements, |m| m.max_millis),
         server_cpu_cores: median_of(measurements, |m| m.server_cpu_cores),
         bench_cpu_cores: median_of(measurements, |m| m.bench_cpu_cores),
+        other_cpu_cores: median_of(measurements, |m| m.other_cpu_cores),
     })
 }
 
@@ -925,11 +944,23 @@ pub fn run(options: &CompareOptions) -> anyhow::Result<CompareReport> {
                 let round_result = match result {
                     Ok(Outcome::Measured(measurement)) => {
                         say(&format!(
-                            "{} round {}: {}: {}",
+                            "{} round {}: {}: {}{}",
                             workload.id(),
                             round + 1,
                             system.name(),
-                            summary(workload, &measurement)
+                            summary(workload, &measurement),
+                            measurement
+                                .other_cpu_cores
+                                .map_or_else(String::new, |cores| {
+                                    format!(
+                                        " [other processes: {cores:.2} cores{}]",
+                                        if measurement.disturbed() {
+                                            ", disturbed"
+                                        } else {
+                                            ""
+                                        }
+                                    )
+                                })
                         ));
                         RoundResult {
                             round,

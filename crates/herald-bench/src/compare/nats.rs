@@ -123,7 +123,9 @@ impl NatsTarget {
             }
             Workload::Latency => "durable pull consumer, messages(), ack each",
             Workload::Replay => "ordered consumer from the first message",
-            Workload::RequestReply => "core NATS request/reply (nothing stored)",
+            Workload::RequestReply => {
+                "core NATS request/reply, responders in a queue group (nothing stored)"
+            }
         }
     }
 
@@ -378,24 +380,28 @@ impl NatsTarget {
         round: u32,
     ) -> anyhow::Result<Outcome> {
         let subject = format!("herald-bench.rpc.r{round}");
-        let responder_client = connect(&self.url).await?;
-        let mut subscription = responder_client
-            .subscribe(subject.clone())
-            .await
-            .map_err(nats_error)?;
-        responder_client.flush().await.map_err(nats_error)?;
-        let reply = self.payload.clone();
-        let responder = tokio::spawn(async move {
-            while let Some(request) = subscription.next().await {
-                if let Some(to) = request.reply {
-                    responder_client
-                        .publish(to, reply.clone())
-                        .await
-                        .map_err(nats_error)?;
+        // As many responders as requesters, in one queue group (each request goes to one).
+        let mut responders = Vec::new();
+        for _ in 0..settings.requesters {
+            let client = connect(&self.url).await?;
+            let mut subscription = client
+                .queue_subscribe(subject.clone(), "responders".to_owned())
+                .await
+                .map_err(nats_error)?;
+            client.flush().await.map_err(nats_error)?;
+            let reply = self.payload.clone();
+            responders.push(tokio::spawn(async move {
+                while let Some(request) = subscription.next().await {
+                    if let Some(to) = request.reply {
+                        client
+                            .publish(to, reply.clone())
+                            .await
+                            .map_err(nats_error)?;
+                    }
                 }
-            }
-            anyhow::Ok(())
-        });
+                anyhow::Ok(())
+            }));
+        }
         let mut requesters = Vec::new();
         for _ in 0..settings.requesters {
             requesters.push(Requester {
@@ -405,7 +411,9 @@ impl NatsTarget {
             });
         }
         let run = run_workers(requesters, settings.request_stop(), &self.cpu_probe()).await;
-        responder.abort();
+        for responder in responders {
+            responder.abort();
+        }
         Ok(Outcome::Measured(run?.into()))
     }
 

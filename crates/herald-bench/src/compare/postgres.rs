@@ -20,12 +20,12 @@
 //!   is there as in the queue workload.
 //! - replay, request/reply: no counterpart (a queue table deletes what it delivers).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, ensure};
 use futures_util::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::load::{
@@ -36,6 +36,8 @@ use super::{Durability, Outcome, Settings, Workload};
 
 const BACKLOG_TABLE: &str = "herald_bench_backlog";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections of the latency workload's publisher.
+const LATENCY_CONNECTIONS: usize = 16;
 /// How long an idle subscriber waits for a `NOTIFY` before it looks again anyway.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -379,23 +381,22 @@ impl PostgresTarget {
         let table = format!("herald_bench_latency_r{round}");
         self.create_table(&table, true).await?;
         let consumer = self.queue_consumer(&table, 100).await?;
-        let mut connections = Vec::new();
-        let mut inserts = Vec::new();
-        for _ in 0..4 {
+        // A pool of connections, so that a publish never waits for another's commit on the
+        // same connection (an HTTP client opens another connection in that case).
+        let mut pool = Vec::new();
+        for _ in 0..LATENCY_CONNECTIONS {
             let connection = connect(&self.config).await?;
-            inserts.push(
-                connection
-                    .client
-                    .prepare(&format!(
-                        "INSERT INTO {table} (payload) SELECT unnest($1::bytea[])"
-                    ))
-                    .await?,
-            );
-            connections.push(connection.client);
+            let insert = connection
+                .client
+                .prepare(&format!(
+                    "INSERT INTO {table} (payload) SELECT unnest($1::bytea[])"
+                ))
+                .await?;
+            pool.push((connection.client, insert));
         }
         let publisher = LatencyPublisher {
-            clients: Arc::new(connections),
-            inserts: Arc::new(inserts),
+            free: Arc::new(Semaphore::new(pool.len())),
+            pool: Arc::new(Mutex::new(pool)),
             template: self.payload.clone(),
         };
         let result = run_latency(
@@ -550,20 +551,32 @@ impl Worker for LogSubscriber {
     }
 }
 
+/// The latency workload's publisher: each batch on a free connection of a pool.
 #[derive(Clone)]
 struct LatencyPublisher {
-    clients: Arc<Vec<Client>>,
-    inserts: Arc<Vec<Statement>>,
+    /// One permit per connection in `pool`.
+    free: Arc<Semaphore>,
+    /// Never locked across an `.await`: a connection is taken out, used, and put back.
+    pool: Arc<Mutex<Vec<(Client, Statement)>>>,
     template: Arc<Vec<u8>>,
 }
 
 impl TimedPublisher for LatencyPublisher {
-    async fn publish(&self, number: u64, sent: u64, events: u32) -> anyhow::Result<()> {
-        let index = number as usize % self.clients.len();
+    async fn publish(&self, _number: u64, sent: u64, events: u32) -> anyhow::Result<()> {
+        let _permit = self.free.acquire().await?;
+        let (client, insert) = self
+            .pool
+            .lock()
+            .expect("the pool's lock is never poisoned: nothing panics while holding it")
+            .pop()
+            .context("a permit without a free connection")?;
         let rows = vec![timed_payload(&self.template, sent); events as usize];
-        self.clients[index]
-            .execute(&self.inserts[index], &[&rows])
-            .await?;
+        let result = client.execute(&insert, &[&rows]).await;
+        self.pool
+            .lock()
+            .expect("the pool's lock is never poisoned: nothing panics while holding it")
+            .push((client, insert));
+        result?;
         Ok(())
     }
 }

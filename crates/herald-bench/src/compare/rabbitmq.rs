@@ -404,8 +404,7 @@ impl RabbitTarget {
     ) -> anyhow::Result<Outcome> {
         const REPLY_TO: &str = "amq.rabbitmq.reply-to";
         let queue = format!("herald-bench.rpc.r{round}");
-        let (responder_connection, responder_channel) = channel(&self.url).await?;
-        responder_channel
+        self.admin
             .queue_declare(
                 queue.as_str().into(),
                 QueueDeclareOptions {
@@ -415,43 +414,28 @@ impl RabbitTarget {
                 FieldTable::default(),
             )
             .await?;
-        let mut requests = responder_channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply = self.payload.clone();
-        let responder = tokio::spawn(async move {
-            let _connection = responder_connection;
-            while let Some(request) = requests.next().await {
-                let request = request?;
-                let to = request
-                    .properties
-                    .reply_to()
-                    .clone()
-                    .context("a request without reply_to")?;
-                let mut properties = BasicProperties::default();
-                if let Some(correlation) = request.properties.correlation_id() {
-                    properties = properties.with_correlation_id(correlation.clone());
-                }
-                responder_channel
-                    .basic_publish(
-                        "".into(),
-                        to,
-                        BasicPublishOptions::default(),
-                        &reply,
-                        properties,
-                    )
-                    .await?;
-            }
-            anyhow::Ok(())
-        });
+        // As many responders as requesters, competing on the request queue.
+        let mut responders = Vec::new();
+        for _ in 0..settings.requesters {
+            let (connection, channel) = channel(&self.url).await?;
+            let requests = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            responders.push(tokio::spawn(respond(
+                connection,
+                channel,
+                requests,
+                self.payload.clone(),
+            )));
+        }
         let mut requesters = Vec::new();
         for _ in 0..settings.requesters {
             let (connection, channel) = channel(&self.url).await?;
@@ -476,7 +460,10 @@ impl RabbitTarget {
             });
         }
         let run = run_workers(requesters, settings.request_stop(), &self.cpu_probe()).await;
-        responder.abort();
+        for responder in responders {
+            responder.abort();
+        }
+        self.delete_queue(&queue).await?;
         Ok(Outcome::Measured(run?.into()))
     }
 
@@ -693,6 +680,37 @@ impl TimedPublisher for LatencyPublisher {
         )
         .await
     }
+}
+
+/// A responder of direct reply-to: answers each request to its `reply_to`.
+async fn respond(
+    _connection: Connection,
+    channel: Channel,
+    mut requests: Consumer,
+    reply: Arc<Vec<u8>>,
+) -> anyhow::Result<()> {
+    while let Some(request) = requests.next().await {
+        let request = request?;
+        let to = request
+            .properties
+            .reply_to()
+            .clone()
+            .context("a request without reply_to")?;
+        let mut properties = BasicProperties::default();
+        if let Some(correlation) = request.properties.correlation_id() {
+            properties = properties.with_correlation_id(correlation.clone());
+        }
+        channel
+            .basic_publish(
+                "".into(),
+                to,
+                BasicPublishOptions::default(),
+                &reply,
+                properties,
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// One requester of direct reply-to.

@@ -175,8 +175,13 @@ async fn an_outcome_recorded_before_a_crash_is_appended_once_after_the_restart()
         outcome.event = serde_json::to_string(&json!({"specversion": "1.0", "id": "r-2", "source": "/pricing", "type": "quote.priced", "correlationid": recorded_id})).unwrap();
         outcome.scan_from = 1;
         recorded.outcome = Some(outcome);
+        // Deleting first also forgets the mark of the append.
         store
             .write_requests(vec![
+                RequestWrite::Delete {
+                    id: appended.id.clone(),
+                    keep_until_ms: appended.keep_until_ms,
+                },
                 RequestWrite::Put(Box::new(appended)),
                 RequestWrite::Put(Box::new(recorded)),
             ])

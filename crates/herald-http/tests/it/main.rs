@@ -2,6 +2,7 @@
 //! directory, used as a client would use it.
 
 mod harness;
+mod hostile;
 mod publish;
 mod queues;
 mod read;

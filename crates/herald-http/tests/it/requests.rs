@@ -155,6 +155,16 @@ async fn a_late_reply_is_pulled_by_another_instance_of_the_group_and_only_the_fi
     let status = server.get(&format!("/v1/requests/{id}")).await;
     assert_eq!(status.body["status"], "pending");
     assert_eq!(status.body["context"], json!([1, 2]));
+    let metrics = server.get("/metrics").await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("herald_requests_pending 1\n"),
+        "{}",
+        metrics.body
+    );
     assert_eq!(status.body["reply"], Value::Null);
 
     // The requesting instance is gone; the worker answers later.

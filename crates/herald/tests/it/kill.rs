@@ -236,13 +236,16 @@ fn acknowledged_publishes_and_commits_survive_kill_9() {
 }
 
 /// Queue subscriptions under kill -9: an event acked `ok` is never delivered again, and every
-/// event not acked comes back.
+/// event not acked comes back. An ack cut off by the kill (sent, never answered) may or may not
+/// have been stored: its events may come back or not, but at most once.
 #[test]
 fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
-    const EVENTS: u64 = 3000;
+    const EVENTS: u64 = 20_000;
     let directory = tempfile::tempdir().unwrap();
     let data_dir = directory.path().join("data");
     let acked = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    // Events whose ack was sent and never answered.
+    let uncertain = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let mut random = rand::rng();
     {
         let server = RealServer::start(&data_dir);
@@ -266,10 +269,8 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         }
         server.terminate();
     }
-    let worker = |url: String,
-                  name: String,
-                  stop: Arc<AtomicBool>,
-                  acked: Arc<Mutex<std::collections::HashSet<u64>>>| {
+    type Set = Arc<Mutex<std::collections::HashSet<u64>>>;
+    let worker = |url: String, name: String, stop: Arc<AtomicBool>, acked: Set, uncertain: Set| {
         let client = reqwest::blocking::Client::new();
         while !stop.load(Ordering::Relaxed) {
             let Ok(response) = client
@@ -296,6 +297,11 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
                 .iter()
                 .map(|delivery| &delivery["receipt"])
                 .collect();
+            let batch: Vec<u64> = deliveries
+                .iter()
+                .map(|delivery| delivery["event"]["data"].as_u64().unwrap())
+                .collect();
+            uncertain.lock().unwrap().extend(batch.iter().copied());
             let Ok(response) = client
                 .post(format!("{url}/v1/subscriptions/workers/ack"))
                 .json(&json!({"receipts": receipts}))
@@ -307,9 +313,11 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
                 return;
             };
             let mut acked = acked.lock().unwrap();
-            for (delivery, result) in deliveries.iter().zip(answer["results"].as_array().unwrap()) {
+            let mut uncertain = uncertain.lock().unwrap();
+            for (data, result) in batch.iter().zip(answer["results"].as_array().unwrap()) {
+                uncertain.remove(data);
                 if result["status"] == "ok" {
-                    acked.insert(delivery["event"]["data"].as_u64().unwrap());
+                    acked.insert(*data);
                 }
             }
         }
@@ -319,8 +327,15 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..2)
             .map(|number| {
-                let (url, stop, acked) = (server.url.clone(), stop.clone(), acked.clone());
-                std::thread::spawn(move || worker(url, format!("w{number}"), stop, acked))
+                let (url, stop, acked, uncertain) = (
+                    server.url.clone(),
+                    stop.clone(),
+                    acked.clone(),
+                    uncertain.clone(),
+                );
+                std::thread::spawn(move || {
+                    worker(url, format!("w{number}"), stop, acked, uncertain)
+                })
             })
             .collect();
         std::thread::sleep(Duration::from_millis(random.random_range(100..400)));
@@ -370,10 +385,238 @@ fn acked_queue_events_never_return_after_kill_9_and_unacked_ones_all_do() {
         "the workers acked something before the kills"
     );
     assert!(acked.is_disjoint(&redelivered), "acked events came back");
-    assert_eq!(
-        acked.len() as u64 + redelivered.len() as u64,
-        EVENTS,
-        "every unacked event came back"
+    let uncertain = uncertain.lock().unwrap();
+    for data in 0..EVENTS {
+        assert!(
+            acked.contains(&data) || uncertain.contains(&data) || redelivered.contains(&data),
+            "event {data} was never acked and did not come back"
+        );
+    }
+    eprintln!(
+        "queue kill: {} acked, {} redelivered at the end, {} with an ack cut off by a kill",
+        acked.len(),
+        redelivered.len(),
+        uncertain.len()
+    );
+    server.terminate();
+}
+
+/// Action/response under kill -9: every request answered 2xx is still known after the restart,
+/// every reply answered 201 is the recorded one, and in the end each request has exactly one
+/// event (its reply or its expiry) in the reply topic.
+#[test]
+fn requests_and_replies_survive_kill_9_and_end_with_exactly_one_reply_or_expiry() {
+    #[derive(Default)]
+    struct Seen {
+        /// Request id → (request data, deadline is short).
+        requests: std::collections::BTreeMap<String, (u64, bool)>,
+        /// Request id → the data of the reply answered 201.
+        replies: std::collections::BTreeMap<String, u64>,
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut random = rand::rng();
+    {
+        let server = RealServer::start(&data_dir);
+        let created = reqwest::blocking::Client::new()
+            .put(format!("{}/v1/subscriptions/responders", server.url))
+            .json(&json!({"topics": ["asks"], "start": "earliest", "ack_timeout": "1s"}))
+            .send()
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        server.terminate();
+    }
+    let requester = |url: String, number: u64, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>| {
+        let client = reqwest::blocking::Client::new();
+        let mut sequence = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let data = number * 1_000_000 + sequence;
+            let short = sequence % 2 == 0;
+            let deadline = if short { "1500ms" } else { "10m" };
+            sequence += 1;
+            let Ok(response) = client
+                .post(format!(
+                    "{url}/v1/topics/asks/requests?timeout=0s&deadline={deadline}"
+                ))
+                .header("herald-service", "clients")
+                .json(&json!({"n": data}))
+                .send()
+            else {
+                return;
+            };
+            if response.status().as_u16() != 202 {
+                return;
+            }
+            let Ok(answer) = response.json::<Value>() else {
+                return;
+            };
+            let id = answer["request_id"].as_str().unwrap().to_owned();
+            seen.lock().unwrap().requests.insert(id, (data, short));
+        }
+    };
+    let responder = |url: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>| {
+        let client = reqwest::blocking::Client::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(response) = client
+                .post(format!("{url}/v1/subscriptions/responders/pull"))
+                .json(&json!({"max": 20, "consumer": "r", "wait": "100ms"}))
+                .send()
+            else {
+                return;
+            };
+            let Ok(pulled) = response.json::<Value>() else {
+                return;
+            };
+            let Some(deliveries) = pulled["deliveries"].as_array().cloned() else {
+                return;
+            };
+            for delivery in deliveries {
+                let event = &delivery["event"];
+                let id = event["correlationid"].as_str().unwrap().to_owned();
+                let data = event["data"]["n"].as_u64().unwrap();
+                // Answer two requests of three; the others are left to expire or to the end.
+                if data % 3 != 0 {
+                    let Ok(response) = client
+                        .post(format!("{url}/v1/requests/{id}/reply"))
+                        .json(&json!({"answer": data}))
+                        .send()
+                    else {
+                        return;
+                    };
+                    match response.status().as_u16() {
+                        201 => {
+                            seen.lock().unwrap().replies.insert(id, data);
+                        }
+                        // Answered before a kill whose 201 never arrived, or expired.
+                        409 | 410 => {}
+                        other => panic!("reply answered {other}"),
+                    }
+                }
+                let _ = client
+                    .post(format!("{url}/v1/subscriptions/responders/ack"))
+                    .json(&json!({"receipts": [delivery["receipt"]]}))
+                    .send();
+            }
+        }
+    };
+    for round in 0..4 {
+        let server = RealServer::start(&data_dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for number in 0..2 {
+            let (url, stop, seen) = (server.url.clone(), stop.clone(), seen.clone());
+            threads.push(std::thread::spawn(move || {
+                requester(url, number + 10 * round, stop, seen)
+            }));
+        }
+        {
+            let (url, stop, seen) = (server.url.clone(), stop.clone(), seen.clone());
+            threads.push(std::thread::spawn(move || responder(url, stop, seen)));
+        }
+        std::thread::sleep(Duration::from_millis(random.random_range(300..800)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Right after the restart: every acknowledged request is known, every acknowledged
+        // reply is the recorded one.
+        let server = RealServer::start(&data_dir);
+        let client = reqwest::blocking::Client::new();
+        let seen = seen.lock().unwrap();
+        assert!(!seen.requests.is_empty(), "round {round} made requests");
+        for id in seen.requests.keys() {
+            let status = client
+                .get(format!("{}/v1/requests/{id}", server.url))
+                .send()
+                .unwrap();
+            assert_eq!(
+                status.status().as_u16(),
+                200,
+                "round {round}: request {id} lost"
+            );
+            let status: Value = status.json().unwrap();
+            if let Some(data) = seen.replies.get(id) {
+                assert_eq!(status["status"], "replied", "round {round}: {id}");
+                assert_eq!(status["reply"]["data"]["answer"], *data);
+            }
+        }
+        drop(seen);
+        server.terminate();
+    }
+    // The end: answer what is still pending after a restart, let the short deadlines pass, and
+    // check the reply topic.
+    let server = RealServer::start(&data_dir);
+    let client = reqwest::blocking::Client::new();
+    let seen = seen.lock().unwrap();
+    let mut answered_after_restart = 0;
+    for (id, (data, short)) in &seen.requests {
+        if *short {
+            continue;
+        }
+        let response = client
+            .post(format!("{}/v1/requests/{id}/reply", server.url))
+            .json(&json!({"answer": data}))
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            201 => answered_after_restart += 1,
+            409 => {}
+            other => panic!("a reply after the restart answered {other}"),
+        }
+    }
+    assert!(
+        answered_after_restart > 0,
+        "some request was still pending after the kills, and could be answered"
+    );
+    let mut outcomes: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for _ in 0..100 {
+        outcomes.clear();
+        let mut offset = 0;
+        loop {
+            let read: Value = client
+                .get(format!(
+                    "{}/v1/topics/_replies.clients/events?offset={offset}&limit=1000",
+                    server.url
+                ))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let events = read["events"].as_array().unwrap();
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                let id = event["event"]["correlationid"].as_str().unwrap().to_owned();
+                outcomes.entry(id).or_default().push(event["event"].clone());
+            }
+            offset = read["next_offset"].as_u64().unwrap();
+        }
+        if seen.requests.keys().all(|id| outcomes.contains_key(id)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (id, (data, _)) in &seen.requests {
+        let events = outcomes
+            .get(id)
+            .unwrap_or_else(|| panic!("request {id} has no reply and no expiry"));
+        assert_eq!(events.len(), 1, "request {id}: {events:?}");
+        if let Some(answer) = seen.replies.get(id) {
+            assert_eq!(events[0]["data"]["answer"], *answer);
+        } else if events[0]["type"] == "herald.request.expired" {
+            assert_eq!(events[0]["data"]["request_id"], id.as_str());
+        } else {
+            assert_eq!(events[0]["data"]["answer"], *data);
+        }
+    }
+    eprintln!(
+        "requests under kill -9: {} requests, {} replies acknowledged, {} answered after the restart",
+        seen.requests.len(),
+        seen.replies.len(),
+        answered_after_restart
     );
     server.terminate();
 }

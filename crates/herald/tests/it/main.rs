@@ -1,10 +1,12 @@
 //! The `herald` binary's tests that need no Herald server: configuration precedence, the
 //! command line's exit codes and messages, and what the client commands send (to a scripted HTTP
 //! server). End-to-end tests run the real `herald serve` (`real_server`): a
-//! kill -9 loop under load (`kill`) and the README's tour (`tour`).
+//! kill -9 loop under load (`kill`), the crash loop under mixed load (`crash_loop`) and the README's
+//! tour (`tour`).
 
 mod cli;
 mod config;
+mod crash_loop;
 mod kill;
 mod real_server;
 mod tour;

@@ -80,14 +80,20 @@ impl RealServer {
 
     /// Runs a CLI command against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(HERALD)
-            .args(["--server", &self.url])
-            .args(args)
-            .env_remove("HERALD_URL")
-            .stdin(Stdio::null())
-            .output()
-            .expect("the CLI runs")
+        cli_at(&self.url, args)
     }
+}
+
+/// Runs a CLI command against the server at `url` (from any thread).
+pub fn cli_at(url: &str, args: &[&str]) -> Output {
+    Command::new(HERALD)
+        .args(["--server", url])
+        .args(args)
+        .env_remove("HERALD_URL")
+        .env_remove("HERALD_SERVICE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the CLI runs")
 }
 
 impl Drop for RealServer {

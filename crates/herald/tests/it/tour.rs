@@ -181,6 +181,87 @@ fn the_readme_tour_works_end_to_end() {
         (json!(1), json!(1), json!(1))
     );
 
+    // Action/response: a worker answers a waiting request.
+    let output = text(&server.cli(&[
+        "sub", "create", "pricing", "--topic", "quotes", "--start", "earliest",
+    ]));
+    assert!(output.contains("created subscription pricing"), "{output}");
+    let waiting = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            crate::real_server::cli_at(
+                &url,
+                &[
+                    "--service",
+                    "checkout",
+                    "request",
+                    "quotes",
+                    r#"{"items": 3}"#,
+                    "--timeout",
+                    "30s",
+                    "--context",
+                    r#"{"cart": 7}"#,
+                ],
+            )
+        })
+    };
+    let request_id = pull_request_id(&server);
+    let output = text(&server.cli(&["reply", &request_id, r#"{"total": 30}"#]));
+    assert!(output.contains("replied"), "{output}");
+    let output = text(&waiting.join().unwrap());
+    assert!(
+        output.contains("replied")
+            && output.contains(r#"{"total":30}"#)
+            && output.contains(r#"{"cart":7}"#),
+        "{output}"
+    );
+    // Bad input is a usage error (exit 2) before anything is sent; a second reply is refused.
+    let bad = server.cli(&["request", "quotes", "{}", "--context", "{not json"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let again = server.cli(&["reply", &request_id, r#"{"total": 31}"#]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).starts_with("error: 409"));
+    // A late reply, picked up by another instance of the service.
+    let output = text(&server.cli(&[
+        "--service",
+        "checkout",
+        "request",
+        "quotes",
+        r#"{"items": 1}"#,
+        "--timeout",
+        "1s",
+    ]));
+    assert!(output.contains("pending"), "{output}");
+    let request_id = pull_request_id(&server);
+    text(&server.cli(&["reply", &request_id, r#"{"total": 10}"#]));
+    let output = text(&server.cli(&[
+        "--output",
+        "json",
+        "pull",
+        "_replies.checkout",
+        "--consumer",
+        "checkout-2",
+        "--max",
+        "1",
+        "--ack",
+    ]));
+    let pulled: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        pulled["deliveries"][0]["event"]["correlationid"],
+        request_id.as_str()
+    );
+    assert_eq!(
+        pulled["deliveries"][0]["event"]["data"],
+        json!({"total": 10})
+    );
+    let status: Value = client
+        .get(format!("{}/v1/requests/{request_id}", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["status"], "replied");
+
     // After a restart the group resumes after its commit: nothing to pull.
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
@@ -204,4 +285,26 @@ fn the_readme_tour_works_end_to_end() {
     assert_eq!(error.lines().count(), 1, "{error}");
     assert!(error.starts_with("error: 404"), "{error}");
     server.terminate();
+}
+
+/// `herald pull pricing --consumer pricer-1 --max 1 --ack --output json`: the request id is the
+/// event's `correlationid`.
+fn pull_request_id(server: &RealServer) -> String {
+    let output = text(&server.cli(&[
+        "--output",
+        "json",
+        "pull",
+        "pricing",
+        "--consumer",
+        "pricer-1",
+        "--max",
+        "1",
+        "--wait",
+        "10s",
+        "--ack",
+    ]));
+    let pulled: Value = serde_json::from_str(&output).unwrap();
+    let event = &pulled["deliveries"][0]["event"];
+    assert_eq!(event["replyto"], "_replies.checkout", "{output}");
+    event["correlationid"].as_str().unwrap().to_owned()
 }
