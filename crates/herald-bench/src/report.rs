@@ -747,9 +747,14 @@ fn write_workload(out: &mut String, result: &WorkloadResult, s: &crate::compare:
                 Workload::Queue => ("acked events/s", "take + ack p50 / p99 (ms)"),
                 _ => ("events/s", "batch p50 / p99 (ms)"),
             };
+            let per = match workload {
+                Workload::RequestReply => "round trip",
+                Workload::Fanout => "event published",
+                _ => "event",
+            };
             let _ = writeln!(
                 out,
-                "| system | durability | {unit} | per round | {latency} | CPU cores server / bench | CPU µs per event server / bench | Herald ÷ peer |"
+                "| system | durability | {unit} | per round | {latency} | CPU cores server / bench | CPU µs per {per} server / bench | Herald ÷ peer |"
             );
             let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
             for row in &result.rows {

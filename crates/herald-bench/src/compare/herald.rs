@@ -114,7 +114,7 @@ impl HeraldTarget {
                 "GET /v1/topics/{t}/events, 1,000 per call, every partition from offset 0"
             }
             Workload::RequestReply => {
-                "POST /v1/topics/{t}/requests held open; responder pulls + POST /v1/requests/{id}/reply"
+                "herald-bench request's loop: POST /v1/topics/{t}/requests held open; responders pull (max 32), POST /v1/requests/{id}/reply each, ack"
             }
         }
     }

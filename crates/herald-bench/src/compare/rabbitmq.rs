@@ -142,7 +142,7 @@ impl RabbitTarget {
                 "stream queue over AMQP 0-9-1, x-stream-offset first, prefetch 1,000"
             }
             Workload::RequestReply => {
-                "direct reply-to over a classic non-durable queue (nothing stored)"
+                "direct reply-to; competing responders on a classic non-durable request queue (nothing stored)"
             }
         }
     }
