@@ -9,6 +9,7 @@ mod config;
 mod crash_loop;
 mod full_disk;
 mod kill;
+mod memory;
 mod real_server;
 mod tour;
 // One scripted HTTP server for both crates' tests.
