@@ -62,7 +62,7 @@ pub enum BrokerError {
     /// Too much in flight; retry shortly.
     #[error("{0}")]
     Overloaded(String),
-    #[error("no space left on the device: {0}")]
+    #[error("{0}")]
     DiskFull(String),
     #[error("{0}")]
     NotImplemented(String),

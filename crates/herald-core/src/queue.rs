@@ -561,15 +561,7 @@ async fn fill_windows(
         };
         let read_to = {
             let mut state = lock(&group.state);
-            let entry = state
-                .partitions
-                .entry(key)
-                .or_insert_with(|| QueuePartition {
-                    // A partition the group never saw (a topic created later): from its first event.
-                    floor: info.start_offset,
-                    read_to: info.start_offset,
-                    ..QueuePartition::default()
-                });
+            let entry = partition_entry(&mut state, key, info.start_offset);
             if entry.read_to < info.start_offset {
                 // Retention passed the window (only possible for events already done).
                 entry.read_to = info.start_offset;
@@ -623,6 +615,23 @@ async fn fill_windows(
     Ok(())
 }
 
+/// A partition's state; one the group never saw (a topic created later) starts at its first
+/// retained event.
+fn partition_entry(
+    state: &mut QueueState,
+    key: PartitionKey,
+    start_offset: u64,
+) -> &mut QueuePartition {
+    state
+        .partitions
+        .entry(key)
+        .or_insert_with(|| QueuePartition {
+            floor: start_offset,
+            read_to: start_offset,
+            ..QueuePartition::default()
+        })
+}
+
 /// The partitions a queue subscription covers: its topics' and its redrive topic's.
 fn covered(broker: &Broker, subscription: &Subscription) -> Vec<(Arc<Topic>, u32)> {
     let mut partitions = broker.partitions_of(&subscription.spec);
@@ -648,14 +657,7 @@ pub(crate) async fn mark_done(
     let _gate = group.seek_gate.read().await;
     let mut changes = QueueChanges::default();
     let mut state = lock(&group.state);
-    let entry = state
-        .partitions
-        .entry(key)
-        .or_insert_with(|| QueuePartition {
-            floor: info.start_offset,
-            read_to: info.start_offset,
-            ..QueuePartition::default()
-        });
+    let entry = partition_entry(&mut state, key, info.start_offset);
     if offset < entry.floor {
         return Ok(changes);
     }

@@ -80,7 +80,54 @@ pub struct ApiDoc;
 
 /// The document as JSON.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+    let mut document = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(document) => document,
+        Err(error) => return format!("{{\"error\":\"{error}\"}}"),
+    };
+    describe_errors(&mut document);
+    document.to_string()
+}
+
+/// Every error answer is `application/problem+json`, and any operation can answer an error
+/// the annotations do not list (415 for a missing Content-Type, 404 for a missing subscription,
+/// 503 before recovery has finished, ...): error responses get that media type, and every
+/// operation a `default` response of it.
+fn describe_errors(document: &mut serde_json::Value) {
+    let problem = serde_json::json!({
+        "description": "An RFC 9457 problem: what is wrong and how to fix it",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDto"}}}
+    });
+    let Some(paths) = document
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for operations in paths.values_mut() {
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(serde_json::Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if let Some(content) = response
+                    .get_mut("content")
+                    .and_then(serde_json::Value::as_object_mut)
+                    && is_error
+                    && let Some(json) = content.remove("application/json")
+                {
+                    content.insert("application/problem+json".into(), json);
+                }
+            }
+            responses
+                .entry("default")
+                .or_insert_with(|| problem.clone());
+        }
+    }
 }

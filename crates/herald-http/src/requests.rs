@@ -79,6 +79,19 @@ fn context(headers: &HeaderMap) -> Result<Option<String>> {
     Ok(Some(text.trim().to_owned()))
 }
 
+/// The single event of a request or reply body (a batch is refused).
+fn one_event<'a>(
+    what: &str,
+    mut events: Vec<herald_core::EventToPublish<'a>>,
+) -> Result<herald_core::EventToPublish<'a>> {
+    if events.len() != 1 {
+        return Err(Problem::bad_request(format!(
+            "{what} is one event: send it in structured, binary or plain JSON mode, not as a batch"
+        )));
+    }
+    Ok(events.remove(0))
+}
+
 fn accepted(id: &str, status: &str) -> Response {
     let mut response = json_response(
         StatusCode::ACCEPTED,
@@ -131,20 +144,17 @@ pub async fn post_request(
     let group = reply_group(&headers, service.as_deref())?;
     let context = context(&headers)?;
     let mut built = None;
-    let mut events = parse_events(
-        &headers,
-        &body,
-        &topic,
-        service.as_deref(),
-        &app.limits,
-        &mut built,
+    let event = one_event(
+        "a request",
+        parse_events(
+            &headers,
+            &body,
+            &topic,
+            service.as_deref(),
+            &app.limits,
+            &mut built,
+        )?,
     )?;
-    if events.len() != 1 {
-        return Err(Problem::bad_request(
-            "a request is one event: send it in structured, binary or plain JSON mode, not as a batch",
-        ));
-    }
-    let event = events.remove(0);
     let mut waiter = broker
         .request(NewRequest {
             topic: &topic,
@@ -208,20 +218,18 @@ pub async fn post_reply(
     let body = body_bytes(body)?;
     let service = service(&headers)?;
     let mut built = None;
-    let mut events = parse_events(
-        &headers,
-        &body,
-        REPLY_TYPE_DEFAULT,
-        service.as_deref(),
-        &app.limits,
-        &mut built,
+    let event = one_event(
+        "a reply",
+        parse_events(
+            &headers,
+            &body,
+            REPLY_TYPE_DEFAULT,
+            service.as_deref(),
+            &app.limits,
+            &mut built,
+        )?,
     )?;
-    if events.len() != 1 {
-        return Err(Problem::bad_request(
-            "a reply is one event: send it in structured, binary or plain JSON mode, not as a batch",
-        ));
-    }
-    broker.reply(&id, &events.remove(0)).await?;
+    broker.reply(&id, &event).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &ReplyDto {

@@ -7,7 +7,9 @@
 mod cli;
 mod config;
 mod crash_loop;
+mod full_disk;
 mod kill;
+mod memory;
 mod real_server;
 mod tour;
 // One scripted HTTP server for both crates' tests.
