@@ -177,6 +177,19 @@ pub async fn run_workers<W: Worker>(
     stop: Stop,
     server: &CpuProbe,
 ) -> anyhow::Result<Run> {
+    let (run, workers) = run_workers_keeping(workers, stop, server).await?;
+    drop(workers);
+    Ok(run)
+}
+
+/// [`run_workers`], handing the workers back: until they are dropped, their connections stay
+/// open. That matters for the CPU reading: a PostgreSQL backend exits with its connection, and
+/// its CPU time would vanish from the server's sum if it exited before the last reading.
+pub async fn run_workers_keeping<W: Worker>(
+    workers: Vec<W>,
+    stop: Stop,
+    server: &CpuProbe,
+) -> anyhow::Result<(Run, Vec<W>)> {
     ensure!(!workers.is_empty(), "a run needs at least one worker");
     let failed = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
@@ -238,7 +251,7 @@ pub async fn run_workers<W: Worker>(
                 failed.store(true, Ordering::Relaxed);
                 done.notify_one();
             }
-            result.map(|()| run)
+            result.map(|()| (run, worker))
         }));
     }
     let (start_mark, end_mark) = match (window_start, window_end) {
@@ -281,11 +294,13 @@ pub async fn run_workers<W: Worker>(
     };
     let mut run = Run::default();
     let mut errors = Vec::new();
+    let mut finished = Vec::new();
     for (number, task) in tasks.into_iter().enumerate() {
         match task.await {
-            Ok(Ok(worker)) => {
-                run.events += worker.events;
-                run.step_micros.extend(worker.step_micros);
+            Ok(Ok((worker_run, worker))) => {
+                run.events += worker_run.events;
+                run.step_micros.extend(worker_run.step_micros);
+                finished.push(worker);
             }
             Ok(Err(error)) => errors.push(format!("worker {number}: {error:#}")),
             Err(error) => errors.push(format!("worker {number} panicked: {error}")),
@@ -305,7 +320,7 @@ pub async fn run_workers<W: Worker>(
     run.step_micros.sort_unstable();
     run.seconds = (end_mark.at - start_mark.at).as_secs_f64();
     run.set_cpu(&start_mark, &end_mark);
-    Ok(run)
+    Ok((run, finished))
 }
 
 async fn sleep_until_or_failed(deadline: Instant, failed: &AtomicBool) {

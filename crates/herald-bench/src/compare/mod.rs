@@ -35,7 +35,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use self::herald::HeraldTarget;
-use self::load::{CpuMark, CpuProbe, LatencyRun, Run, Stop, Worker, run_workers};
+use self::load::{CpuMark, CpuProbe, LatencyRun, Run, Stop, Worker, run_workers_keeping};
 use self::nats::NatsTarget;
 use self::postgres::PostgresTarget;
 use self::rabbitmq::RabbitTarget;
@@ -456,21 +456,24 @@ pub(crate) async fn run_fanout<P: Worker, S: Worker>(
 ) -> anyhow::Result<Measurement> {
     let cpu_before = CpuMark::now(server);
     let started = Instant::now();
-    let producing = run_workers(
+    let producing = run_workers_keeping(
         vec![producer],
         Stop::Count { target: events },
         &CpuProbe::None,
     );
     let consuming = futures_util::future::try_join_all(subscribers.into_iter().map(|subscriber| {
-        run_workers(
+        run_workers_keeping(
             vec![subscriber],
             Stop::Count { target: events },
             &CpuProbe::None,
         )
     }));
-    let (produced, consumed) = tokio::try_join!(producing, consuming)?;
+    let ((produced, producer), consumed) = tokio::try_join!(producing, consuming)?;
     let seconds = started.elapsed().as_secs_f64();
     let cores = cpu_before.cores_until(&CpuMark::now(server));
+    // Only now may the connections close (see `run_workers_keeping`).
+    drop(producer);
+    let consumed: Vec<Run> = consumed.into_iter().map(|(run, _)| run).collect();
     ensure!(
         produced.events == events,
         "published {} of {events}",
