@@ -30,18 +30,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
+ready=no
+for _ in $(seq 1 600); do
     if curl -fsS "http://127.0.0.1:$port/readyz" > /dev/null 2>&1; then
+        ready=yes
+        break
+    fi
+    if ! kill -0 "$server" 2> /dev/null; then
         break
     fi
     sleep 0.1
 done
+if [ "$ready" != yes ]; then
+    echo "api-fuzz: herald serve ($binary) did not become ready on port $port; its log:"
+    cat "$data_dir.log"
+    exit 1
+fi
 
 seed_flag=(--seed "$seed")
 [ "$seed" = random ] && seed_flag=()
 st run "http://127.0.0.1:$port/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-    --max-examples "$examples" --workers 1 "${seed_flag[@]}" --no-color
+    --max-examples "$examples" --workers 1 "${seed_flag[@]}" --no-color --wait-for-schema 30
 
 # The server must still be up and answering after all of that.
 curl -fsS "http://127.0.0.1:$port/healthz" > /dev/null
