@@ -5,12 +5,12 @@
 #
 #   scripts/api-fuzz.sh [HERALD_BINARY] [MAX_EXAMPLES] [SEED]
 #
-# Defaults: target/debug/herald, 30 examples per operation and phase, seed 1 (CI is
+# Defaults: the debug build's herald (under $CARGO_TARGET_DIR, else target/), 30 examples per operation and phase, seed 1 (CI is
 # deterministic; pass another seed, or `random`, to explore further).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-binary="${1:-target/debug/herald}"
+binary="${1:-${CARGO_TARGET_DIR:-target}/debug/herald}"
 examples="${2:-30}"
 seed="${3:-1}"
 

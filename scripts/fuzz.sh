@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-20}"
+# The instrumented nightly build keeps to its own target directory (fuzz/target), apart from
+# the workspace's.
+unset CARGO_TARGET_DIR
 if ! cargo fuzz --version > /dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
 fi
