@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, anyhow, ensure};
 use herald_log::{FsyncPolicy, LogConfig, OsStorage, PartitionLog};
 
 use crate::counting::{IoCounts, counting};
-use crate::machine::{self, MachineFacts, Stopwatch};
+use crate::machine::{self, Stopwatch};
 use crate::raw_disk::{self, RawRun};
 use crate::report::{AppendFigures, CaseResult, Goal, RawResult, Report, Round};
 use crate::workload::{Budget, PAYLOAD_BYTES, encode_batch, frame_bytes, now_ms, payload};
@@ -96,22 +96,11 @@ impl Options {
 pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     ensure!(options.writers >= 1, "--writers must be at least 1");
     ensure!(options.rounds >= 1, "--rounds must be at least 1");
-    fs::create_dir_all(&options.scratch_root)
-        .with_context(|| format!("creating {}", options.scratch_root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("herald-bench-")
-        .tempdir_in(&options.scratch_root)
-        .with_context(|| format!("creating a directory in {}", options.scratch_root.display()))?;
-    let machine = MachineFacts::gather(scratch.path());
-    if machine.filesystem.is_in_memory() && !options.allow_in_memory {
-        bail!(
-            "{} is on {} ({}), in memory: fsync would cost nothing and the figures would mean \
-             nothing. Pass --dir with a directory on a disk (or --allow-tmpfs to run anyway).",
-            scratch.path().display(),
-            machine.filesystem.kind,
-            machine.filesystem.device,
-        );
-    }
+    let (scratch, machine) = machine::scratch_directory(
+        &options.scratch_root,
+        "herald-bench-",
+        options.allow_in_memory,
+    )?;
     progress(&format!(
         "bench directory {} on {} ({}); {} round(s) of {:.2} s per case",
         scratch.path().display(),

@@ -346,6 +346,33 @@ pub fn default_scratch_root() -> PathBuf {
     env::temp_dir()
 }
 
+/// A fresh directory (`{prefix}…`, removed when dropped) inside `root`, on the disk under test,
+/// and the facts of the machine and of that directory's file system. Refuses a file system in
+/// memory (tmpfs), where fsync costs nothing, unless `allow_in_memory`.
+pub fn scratch_directory(
+    root: &std::path::Path,
+    prefix: &str,
+    allow_in_memory: bool,
+) -> anyhow::Result<(tempfile::TempDir, MachineFacts)> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(root)
+        .with_context(|| format!("creating a directory in {}", root.display()))?;
+    let machine = MachineFacts::gather(scratch.path());
+    if machine.filesystem.is_in_memory() && !allow_in_memory {
+        anyhow::bail!(
+            "{} is on {} ({}), in memory: fsync would cost nothing and the figures would mean \
+             nothing. Pass --dir with a directory on a disk (or --allow-tmpfs to run anyway).",
+            scratch.path().display(),
+            machine.filesystem.kind,
+            machine.filesystem.device,
+        );
+    }
+    Ok((scratch, machine))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,11 +14,11 @@
 //! afterwards, cannot read the server's CPU time or choose its fsync policy, and its raw-disk
 //! loop runs on this machine's scratch directory, which may not be the server's disk.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use herald_log::LogConfig;
 use serde::Serialize;
 
@@ -193,22 +193,11 @@ pub fn run(
             "--fsync must be always, never or interval:DURATION"
         );
     }
-    fs::create_dir_all(&options.scratch_root)
-        .with_context(|| format!("creating {}", options.scratch_root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("herald-bench-publish-")
-        .tempdir_in(&options.scratch_root)
-        .with_context(|| format!("creating a directory in {}", options.scratch_root.display()))?;
-    let machine = MachineFacts::gather(scratch.path());
-    if machine.filesystem.is_in_memory() && !options.allow_in_memory {
-        bail!(
-            "{} is on {} ({}), in memory: fsync would cost nothing and the figures would mean \
-             nothing. Pass --dir with a directory on a disk (or --allow-tmpfs to run anyway).",
-            scratch.path().display(),
-            machine.filesystem.kind,
-            machine.filesystem.device,
-        );
-    }
+    let (scratch, machine) = machine::scratch_directory(
+        &options.scratch_root,
+        "herald-bench-publish-",
+        options.allow_in_memory,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.client_threads)
         .enable_all()

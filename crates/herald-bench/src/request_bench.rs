@@ -20,7 +20,6 @@
 //! between concurrent requests by group commit. So ≈ 1-3 ms for one requester alone, and a few
 //! thousand round trips per second on two cores before the CPU runs out.
 
-use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,22 +114,11 @@ pub fn run(
         "--concurrency values must be at least 1"
     );
     herald_process::check_binary(&options.binary)?;
-    fs::create_dir_all(&options.scratch_root)
-        .with_context(|| format!("creating {}", options.scratch_root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("herald-bench-request-")
-        .tempdir_in(&options.scratch_root)
-        .with_context(|| format!("creating a directory in {}", options.scratch_root.display()))?;
-    let machine = MachineFacts::gather(scratch.path());
-    if machine.filesystem.is_in_memory() && !options.allow_in_memory {
-        bail!(
-            "{} is on {} ({}), in memory: fsync would cost nothing and the figures would mean \
-             nothing. Pass --dir with a directory on a disk (or --allow-tmpfs to run anyway).",
-            scratch.path().display(),
-            machine.filesystem.kind,
-            machine.filesystem.device,
-        );
-    }
+    let (scratch, machine) = machine::scratch_directory(
+        &options.scratch_root,
+        "herald-bench-request-",
+        options.allow_in_memory,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.client_threads)
         .enable_all()

@@ -137,6 +137,9 @@ pub struct BrokerConfig {
     pub default_topic: TopicSettings,
     /// Most keys one topic's deduplication window holds.
     pub dedup_entries_max: usize,
+    /// Most requests (action/response) pending at once; more are refused with `Overloaded`
+    /// until some are answered or expire.
+    pub pending_requests_max: usize,
     /// Largest response a read or pull assembles.
     pub response_bytes_max: usize,
 }
@@ -147,6 +150,7 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_topic: TopicSettings::default(),
             dedup_entries_max: 1_000_000,
+            pending_requests_max: 100_000,
             response_bytes_max: 16 * 1024 * 1024,
         }
     }

@@ -32,8 +32,6 @@ use crate::subscription::{Start, SubscriptionSpec};
 pub const REPLY_TOPIC_PREFIX: &str = "_replies.";
 /// Largest `herald-context`, in bytes of JSON.
 pub const CONTEXT_BYTES_MAX: usize = 64 * 1024;
-/// Most requests pending at once; more are refused with `Overloaded` until some end.
-pub const PENDING_REQUESTS_MAX: usize = 100_000;
 /// The deadline of a request when the caller names none.
 pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(3600);
 /// Longest deadline a request may have.
@@ -71,10 +69,11 @@ pub struct NewRequest<'a> {
 /// How a request ended, as handed to the callers waiting on it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// The reply event (with `correlationid`) and where it is in `_replies.{group}`.
+    /// The reply event (with `correlationid`) and where it is in `_replies.{group}` (`None`
+    /// while its append is still being retried).
     Replied {
         event: Bytes,
-        position: Published,
+        position: Option<Published>,
     },
     Expired,
 }
@@ -332,9 +331,10 @@ impl Broker {
                     outcome: pending.outcome.subscribe(),
                 });
             }
-            if state.pending.len() >= PENDING_REQUESTS_MAX {
+            let limit = self.config().pending_requests_max;
+            if state.pending.len() >= limit {
                 return Err(BrokerError::Overloaded(format!(
-                    "{PENDING_REQUESTS_MAX} requests are pending (the limit, pending_requests_max); retry when some are answered or expire"
+                    "{limit} requests are pending (the limit, pending_requests_max); retry when some are answered or expire"
                 )));
             }
             state.by_event.insert(event_key.clone(), id.clone());
@@ -565,21 +565,13 @@ impl Broker {
             .outcome
             .as_ref()
             .is_some_and(|outcome| outcome.expired);
-        let outcome = match (expired, position) {
-            (true, _) => Outcome::Expired,
-            (false, Some(position)) => Outcome::Replied {
+        let outcome = if expired {
+            Outcome::Expired
+        } else {
+            Outcome::Replied {
                 event: Bytes::from(event),
                 position,
-            },
-            // Not appended yet: waiters get the reply without a position (nothing to mark done).
-            (false, None) => Outcome::Replied {
-                event: Bytes::from(event),
-                position: Published {
-                    partition: u32::MAX,
-                    offset: u64::MAX,
-                    duplicate: false,
-                },
-            },
+            }
         };
         self.requests.finish(&record.id, Some(outcome));
         if let Some(position) = position {
@@ -800,10 +792,15 @@ impl Broker {
 
     /// The reply a waiting caller was answered with need not be delivered again: marks it done in
     /// the group's reply queue (unless a consumer has already leased it).
-    pub async fn reply_taken(&self, group: &str, position: Published) -> Result<(), BrokerError> {
-        if position.partition == u32::MAX {
+    /// A reply without a position (its append is still being retried) has nothing to mark.
+    pub async fn reply_taken(
+        &self,
+        group: &str,
+        position: Option<Published>,
+    ) -> Result<(), BrokerError> {
+        let Some(position) = position else {
             return Ok(());
-        }
+        };
         let name = reply_topic(group);
         let topic = self.topic(&name)?;
         let subscription = self.subscription(&name)?;

@@ -26,11 +26,10 @@ pub mod rabbitmq;
 pub mod redis;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -773,22 +772,11 @@ pub fn run(options: &CompareOptions) -> anyhow::Result<CompareReport> {
     }
     let run_started = Instant::now();
     let settings = &options.settings;
-    fs::create_dir_all(&options.scratch_root)
-        .with_context(|| format!("creating {}", options.scratch_root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("herald-bench-compare-")
-        .tempdir_in(&options.scratch_root)
-        .with_context(|| format!("creating a directory in {}", options.scratch_root.display()))?;
-    let machine = MachineFacts::gather(scratch.path());
-    if machine.filesystem.is_in_memory() && !options.allow_in_memory {
-        bail!(
-            "{} is on {} ({}), in memory: fsync would cost nothing and Herald's figures would \
-             mean nothing. Pass --dir with a directory on a disk (or --allow-tmpfs to run anyway).",
-            scratch.path().display(),
-            machine.filesystem.kind,
-            machine.filesystem.device,
-        );
-    }
+    let (scratch, machine) = machine::scratch_directory(
+        &options.scratch_root,
+        "herald-bench-compare-",
+        options.allow_in_memory,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.client_threads)
         .enable_all()

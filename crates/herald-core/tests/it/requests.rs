@@ -211,3 +211,42 @@ async fn an_outcome_recorded_before_a_crash_is_appended_once_after_the_restart()
     assert_eq!(broker.pending_requests(), 0);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_pending_requests_max_a_request_is_refused_until_one_ends() {
+    let directory = tempfile::tempdir().unwrap();
+    let store =
+        LocalStore::open(directory.path(), LogConfig::default(), OsStorage::shared()).unwrap();
+    let config = BrokerConfig {
+        pending_requests_max: 2,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(Arc::new(store), config).await.unwrap();
+    let first = make_request(&broker, "q-1", Duration::from_secs(60)).await;
+    make_request(&broker, "q-2", Duration::from_secs(60)).await;
+    assert_eq!(broker.pending_requests(), 2, "at the limit");
+    let body = body("q-3");
+    let refused = broker
+        .request(NewRequest {
+            topic: "quotes",
+            event: event("q-3", &body),
+            group: "checkout",
+            context: None,
+            deadline: Duration::from_secs(60),
+            service: None,
+        })
+        .await;
+    match refused {
+        Err(BrokerError::Overloaded(detail)) => assert!(detail.contains("pending_requests_max")),
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert_eq!(replies(&broker).await.len(), 0);
+    let reply_body = body.clone();
+    broker
+        .reply(&first, &event("r-1", &reply_body))
+        .await
+        .unwrap();
+    make_request(&broker, "q-3", Duration::from_secs(60)).await;
+    assert_eq!(broker.pending_requests(), 2);
+    broker.shutdown().await.unwrap();
+}

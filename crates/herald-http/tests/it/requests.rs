@@ -376,6 +376,25 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
     )
     .await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    // The longest deadline and the longest timeout are accepted.
+    let longest = send(
+        "timeout=0s&deadline=7d",
+        "application/json",
+        b"{}".to_vec(),
+        service(),
+    )
+    .await;
+    assert_eq!(longest.status, StatusCode::ACCEPTED, "{}", longest.body);
+    assert_eq!(longest.body["status"], "pending");
+    let waited = send(
+        "timeout=60s&deadline=1ms",
+        "application/json",
+        b"{}".to_vec(),
+        service(),
+    )
+    .await;
+    assert_eq!(waited.status, StatusCode::ACCEPTED, "{}", waited.body);
+    assert_eq!(waited.body["status"], "expired");
     let internal = server
         .send(
             Method::POST,
@@ -386,9 +405,9 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         )
         .await;
     internal.problem(400);
-    // Only the accepted request stored an event.
+    // Only the three accepted requests stored an event.
     let stored = server.read("refused", 0, 0).await;
-    assert_eq!(stored.body["events"].as_array().unwrap().len(), 1);
+    assert_eq!(stored.body["events"].as_array().unwrap().len(), 3);
     server.get("/v1/topics/_internal").await.problem(404);
     server.stop().await;
 }
