@@ -19,7 +19,7 @@ use crate::queue::{self, QueueGroup, QueueStats, Settle};
 use crate::receipt::ReceiptKey;
 use crate::store::{Store, StoreError};
 use crate::stream::{self, StreamGroup};
-use crate::subscription::{Mode, Start, SubscriptionSpec};
+use crate::subscription::{Mode, PushSpec, Start, SubscriptionSpec};
 
 /// Record header names the broker writes beside each event, so that deduplication and routing
 /// need not parse the event's JSON.
@@ -123,6 +123,10 @@ impl Default for TopicSettings {
 pub const SUBSCRIPTION_TOPICS_MAX: usize = 100;
 /// Longest `ack_timeout`.
 pub const ACK_TIMEOUT_MAX_MS: u64 = 12 * 3600 * 1000;
+/// Most concurrent webhook requests of one push subscription (`push.max_in_flight`).
+pub const PUSH_IN_FLIGHT_MAX: u32 = 1000;
+/// Longest webhook URL, in bytes.
+pub const PUSH_URL_BYTES_MAX: usize = 2048;
 /// Most services the registry remembers; later ones are not recorded.
 pub const SERVICES_MAX: usize = 10_000;
 
@@ -320,7 +324,8 @@ pub struct Subscription {
     pub name: String,
     pub spec: SubscriptionSpec,
     pub created_ms: u64,
-    pub(crate) group: Group,
+    /// Shared with the snapshots that replace this one when the push settings change.
+    pub(crate) group: Arc<Group>,
 }
 
 /// The consumer-side state of a subscription, by mode.
@@ -439,6 +444,8 @@ pub struct Broker {
     appended: broadcast::Sender<Appended>,
     /// Bumped when the set of topics changes, so stream groups pick up new partitions.
     pub(crate) topics_changed: watch::Sender<u64>,
+    /// Bumped when a subscription is created, deleted, or has its push settings changed.
+    subscriptions_changed: watch::Sender<u64>,
     services: Mutex<BTreeMap<String, ServiceRecord>>,
     pub(crate) receipts: ReceiptKey,
     key_hasher: KeyHasher,
@@ -495,6 +502,7 @@ impl Broker {
             admin: tokio::sync::Mutex::new(()),
             appended: broadcast::channel(TAIL_CHANNEL_CAPACITY).0,
             topics_changed: watch::Sender::new(0),
+            subscriptions_changed: watch::Sender::new(0),
             services: Mutex::new(services),
             receipts,
             key_hasher: KeyHasher::default(),
@@ -508,7 +516,7 @@ impl Broker {
                 serde_json::from_value(record.settings.clone()).map_err(|error| {
                     BrokerError::Invalid(format!("stored subscription {}: {error}", record.name))
                 })?;
-            let group = broker.new_group(record.id, &spec)?;
+            let group = Arc::new(broker.new_group(record.id, &spec)?);
             let subscription = Arc::new(Subscription {
                 id: record.id,
                 group,
@@ -1235,7 +1243,7 @@ impl Broker {
                 let needed_from = self
                     .subscriptions_snapshot()
                     .iter()
-                    .filter_map(|subscription| match &subscription.group {
+                    .filter_map(|subscription| match &*subscription.group {
                         Group::Queue(group) => {
                             let covers = queue_covers(self, subscription, &topic);
                             covers.then(|| group.floor(key).unwrap_or(0))
@@ -1363,16 +1371,19 @@ impl Broker {
                 ));
             }
         }
-        if spec.push.is_some() {
-            return Err(BrokerError::NotImplemented(
-                "push (webhook) subscriptions are not available in this version of Herald yet"
-                    .into(),
-            ));
+        if let Some(push) = &spec.push {
+            if spec.mode == Mode::Stream {
+                return Err(BrokerError::Invalid(
+                    "push (webhook) delivery is for queue subscriptions; use \"mode\": \"queue\""
+                        .into(),
+                ));
+            }
+            check_push(push, spec.ack_timeout_ms)?;
         }
         names::check_topic_name(&spec.dead_letter_topic)?;
         let _admin = self.admin.lock().await;
         if let Ok(existing) = self.subscription(name) {
-            if existing.spec == spec {
+            if existing.spec.same_settings(&spec) {
                 return Ok((existing, false));
             }
             return Err(BrokerError::Conflict(format!(
@@ -1406,7 +1417,7 @@ impl Broker {
         self.store
             .put_subscription(record.clone(), positions.clone())
             .await?;
-        let group = self.new_group(id, &spec)?;
+        let group = Arc::new(self.new_group(id, &spec)?);
         let subscription = Arc::new(Subscription {
             id,
             name: name.to_owned(),
@@ -1418,6 +1429,8 @@ impl Broker {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(name.to_owned(), subscription.clone());
+        self.subscriptions_changed
+            .send_modify(|generation| *generation += 1);
         tracing::info!(subscription = name, "subscription created");
         Ok((subscription, true))
     }
@@ -1437,11 +1450,61 @@ impl Broker {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(name);
-        match &subscription.group {
+        match &*subscription.group {
             Group::Stream(group) => group.close(),
             Group::Queue(group) => group.close(),
         }
+        self.subscriptions_changed
+            .send_modify(|generation| *generation += 1);
         Ok(())
+    }
+
+    /// Watches the set of subscriptions: the value changes whenever one is created, deleted, or
+    /// has its push settings changed (the webhook dispatcher follows it).
+    pub fn subscriptions_changed(&self) -> watch::Receiver<u64> {
+        self.subscriptions_changed.subscribe()
+    }
+
+    /// Changes a push subscription's settings (`change` edits a copy), durably, and returns the
+    /// subscription as it is now. Only `push` can change; everything else stays as created.
+    pub async fn update_push(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut PushSpec) -> Result<(), BrokerError>,
+    ) -> Result<Arc<Subscription>, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let existing = self.subscription(name)?;
+        let Some(mut push) = existing.spec.push.clone() else {
+            return Err(BrokerError::Invalid(format!(
+                "{name:?} is not a push subscription; only a push subscription's \"push\" settings can be changed"
+            )));
+        };
+        change(&mut push)?;
+        check_push(&push, existing.spec.ack_timeout_ms)?;
+        let mut spec = existing.spec.clone();
+        spec.push = Some(push);
+        let record = crate::meta::SubscriptionRecord {
+            id: existing.id,
+            name: name.to_owned(),
+            settings: serde_json::to_value(&spec)
+                .map_err(|error| BrokerError::Invalid(error.to_string()))?,
+            created_ms: existing.created_ms,
+        };
+        self.store.put_subscription(record, Vec::new()).await?;
+        let updated = Arc::new(Subscription {
+            id: existing.id,
+            name: existing.name.clone(),
+            spec,
+            created_ms: existing.created_ms,
+            group: existing.group.clone(),
+        });
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_owned(), updated.clone());
+        self.subscriptions_changed
+            .send_modify(|generation| *generation += 1);
+        Ok(updated)
     }
 
     /// Pull: up to `max` deliveries. Stream: the consumer's partitions, in order. Queue: leased
@@ -1458,7 +1521,7 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
-        match &subscription.group {
+        match &*subscription.group {
             Group::Stream(group) => {
                 stream::pull(self, &subscription, group, consumer, max, wait).await
             }
@@ -1480,7 +1543,7 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
-        match &subscription.group {
+        match &*subscription.group {
             Group::Stream(group) => stream::ack(self, &subscription, group, receipts).await,
             Group::Queue(group) => {
                 queue::settle(self, &subscription, group, receipts, Settle::Ack).await
@@ -1496,7 +1559,7 @@ impl Broker {
         action: Settle,
     ) -> Result<Vec<stream::AckStatus>, BrokerError> {
         let subscription = self.subscription(name)?;
-        match &subscription.group {
+        match &*subscription.group {
             Group::Queue(group) => {
                 queue::settle(self, &subscription, group, receipts, action).await
             }
@@ -1510,7 +1573,7 @@ impl Broker {
     /// makes everything from it pending again (queue).
     pub async fn seek(&self, name: &str, target: stream::SeekTarget) -> Result<(), BrokerError> {
         let subscription = self.subscription(name)?;
-        match &subscription.group {
+        match &*subscription.group {
             Group::Stream(group) => stream::seek(self, &subscription, group, target).await,
             Group::Queue(group) => queue::seek(self, &subscription, group, target).await,
         }
@@ -1519,7 +1582,7 @@ impl Broker {
     /// Queue only: moves up to `max` of this subscription's dead letters back into it.
     pub async fn redrive(&self, name: &str, max: usize) -> Result<usize, BrokerError> {
         let subscription = self.subscription(name)?;
-        match &subscription.group {
+        match &*subscription.group {
             Group::Queue(group) => queue::redrive(self, &subscription, group, max).await,
             Group::Stream(_) => Err(BrokerError::Invalid(format!(
                 "{name:?} is a stream subscription: redrive is for queue subscriptions and their dead-letter topics"
@@ -1529,7 +1592,7 @@ impl Broker {
 
     /// Statistics of a subscription.
     pub async fn subscription_stats(&self, subscription: &Subscription) -> SubscriptionStats {
-        match &subscription.group {
+        match &*subscription.group {
             Group::Stream(group) => {
                 SubscriptionStats::Stream(stream::stats(self, subscription, group))
             }
@@ -1541,7 +1604,7 @@ impl Broker {
 
     /// Queue only: the live leases `consumer` holds now (`None` for a stream subscription).
     pub fn queue_leases(&self, subscription: &Subscription, consumer: &str) -> Option<usize> {
-        match &subscription.group {
+        match &*subscription.group {
             Group::Queue(group) => Some(queue::leased_by(group, consumer, self.clock_ms())),
             Group::Stream(_) => None,
         }
@@ -1549,10 +1612,35 @@ impl Broker {
 
     /// Resolves when a queue subscription's state changes (or at once for a stream).
     pub async fn queue_changed(&self, subscription: &Subscription) {
-        if let Group::Queue(group) = &subscription.group {
+        if let Group::Queue(group) = &*subscription.group {
             queue::changed(group).await;
         }
     }
+}
+
+/// Checks what the core can of a push subscription's settings (the URL's form and destination
+/// are the dispatcher's to check).
+fn check_push(push: &PushSpec, ack_timeout_ms: u64) -> Result<(), BrokerError> {
+    if push.url.len() > PUSH_URL_BYTES_MAX {
+        return Err(BrokerError::Invalid(format!(
+            "push.url is {} bytes; the longest accepted is {PUSH_URL_BYTES_MAX}",
+            push.url.len()
+        )));
+    }
+    if push.max_in_flight == 0 || push.max_in_flight > PUSH_IN_FLIGHT_MAX {
+        return Err(BrokerError::Invalid(format!(
+            "push.max_in_flight must be between 1 and {PUSH_IN_FLIGHT_MAX}, not {}",
+            push.max_in_flight
+        )));
+    }
+    // A request may not outlive its lease, or the event could be delivered twice at once.
+    if push.timeout_ms == 0 || push.timeout_ms >= ack_timeout_ms {
+        return Err(BrokerError::Invalid(format!(
+            "push.timeout must be at least 1ms and shorter than ack_timeout ({ack_timeout_ms}ms), so a request never outlives its lease; it is {}ms",
+            push.timeout_ms
+        )));
+    }
+    Ok(())
 }
 
 /// True when a queue subscription reads `topic` (by its patterns, or as its redrive topic).

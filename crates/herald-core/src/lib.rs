@@ -34,7 +34,8 @@ pub mod subscription;
 pub mod time;
 
 pub use broker::{
-    Broker, BrokerConfig, BrokerError, EventToPublish, Published, ReadFrom, ReadOutcome,
-    StoredEvent, Subscription, SubscriptionStats, Tail, Topic, TopicInfo, TopicSettings,
+    ACK_TIMEOUT_MAX_MS, Broker, BrokerConfig, BrokerError, EventToPublish, PUSH_IN_FLIGHT_MAX,
+    PUSH_URL_BYTES_MAX, Published, ReadFrom, ReadOutcome, StoredEvent, Subscription,
+    SubscriptionStats, Tail, Topic, TopicInfo, TopicSettings,
 };
 pub use store::{LocalStore, Store, StoreError};

@@ -804,7 +804,7 @@ impl Broker {
         let name = reply_topic(group);
         let topic = self.topic(&name)?;
         let subscription = self.subscription(&name)?;
-        if let Group::Queue(queue) = &subscription.group {
+        if let Group::Queue(queue) = &*subscription.group {
             let changes = crate::queue::mark_done(
                 self,
                 queue,

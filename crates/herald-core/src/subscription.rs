@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Competing consumers with per-event acks (not built yet).
+    /// Competing consumers with per-event acks.
     Queue,
     /// A consumer group reading partitions in order, committing offsets.
     Stream,
@@ -52,7 +52,67 @@ pub struct SubscriptionSpec {
     pub dead_letter_topic: String,
     pub retry: Retry,
     pub ordering: Ordering,
-    pub push: Option<serde_json::Value>,
+    /// Set for a webhook subscription: Herald itself consumes it and POSTs each event.
+    pub push: Option<PushSpec>,
+}
+
+/// How a webhook carries the event (CloudEvents HTTP binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// `ce-*` headers, the event's `data` as the body.
+    Binary,
+    /// The whole event as `application/cloudevents+json`.
+    Structured,
+}
+
+/// A webhook subscription's delivery settings, and its two pieces of state that must survive a
+/// restart: the previous secret during a rotation, and whether the endpoint disabled it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSpec {
+    pub url: String,
+    /// `whsec_` + base64 of the signing key.
+    pub secret: String,
+    /// The secret before the last rotation, also signed with until `previous_secret_until_ms`.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret_until_ms: u64,
+    pub timeout_ms: u64,
+    pub max_in_flight: u32,
+    pub content_mode: ContentMode,
+    /// Why deliveries stopped (the endpoint answered 410 Gone); `None` while enabled.
+    #[serde(default)]
+    pub disabled: Option<String>,
+}
+
+impl PushSpec {
+    /// The secrets to sign with at `now_ms`: the current one, then the previous one during its
+    /// grace period.
+    pub fn signing_secrets(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        let previous = self
+            .previous_secret
+            .as_deref()
+            .filter(|_| now_ms < self.previous_secret_until_ms);
+        std::iter::once(self.secret.as_str()).chain(previous)
+    }
+}
+
+impl SubscriptionSpec {
+    /// True when `other` asks for the same subscription: every setting equal, ignoring the push
+    /// state that changes on its own (a rotation's previous secret, a disabled endpoint).
+    pub fn same_settings(&self, other: &SubscriptionSpec) -> bool {
+        let settings = |spec: &SubscriptionSpec| {
+            let mut spec = spec.clone();
+            if let Some(push) = &mut spec.push {
+                push.previous_secret = None;
+                push.previous_secret_until_ms = 0;
+                push.disabled = None;
+            }
+            spec
+        };
+        settings(self) == settings(other)
+    }
 }
 
 impl SubscriptionSpec {

@@ -45,6 +45,8 @@ pub struct App {
     pub limits: EventLimits,
     /// Becomes true when the server starts shutting down: long polls and streams end early.
     pub shutdown: watch::Receiver<bool>,
+    /// The webhook dispatcher, set together with the broker.
+    pub push: OnceLock<herald_push::Dispatcher>,
 }
 
 type Result<T> = std::result::Result<T, Problem>;
@@ -103,7 +105,11 @@ fn media_type(headers: &HeaderMap) -> Result<Option<String>> {
 
 /// Parses a JSON body. An empty body is `{}` when `empty_ok`; anything but `application/json`
 /// is a 415.
-fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes, empty_ok: bool) -> Result<T> {
+pub(crate) fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    empty_ok: bool,
+) -> Result<T> {
     if body.is_empty() && empty_ok {
         return serde_json::from_slice(b"{}")
             .map_err(|error| Problem::bad_request(error.to_string()));
@@ -580,9 +586,12 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-async fn subscription_dto(
+/// A subscription as shown; `reveal_secret` shows a push secret (only in the answer that set it).
+pub(crate) async fn subscription_dto(
+    app: &App,
     broker: &Broker,
     subscription: &herald_core::Subscription,
+    reveal_secret: bool,
 ) -> SubscriptionDto {
     let spec = &subscription.spec;
     let stats = match broker.subscription_stats(subscription).await {
@@ -620,7 +629,7 @@ async fn subscription_dto(
                 .oldest_pending_age_ms
                 .map(|age| duration::format_duration(Duration::from_millis(age))),
             consumers: Vec::new(),
-            push: None,
+            push: crate::push::push_stats(app, subscription),
         },
     };
     SubscriptionDto {
@@ -645,7 +654,10 @@ async fn subscription_dto(
             Ordering::None => "none".into(),
             Ordering::Key => "key".into(),
         },
-        push: spec.push.clone(),
+        push: spec
+            .push
+            .as_ref()
+            .map(|push| crate::push::push_view(push, reveal_secret, broker.clock_ms())),
         created: format_rfc3339(subscription.created_ms),
         stats,
     }
@@ -731,13 +743,12 @@ fn to_spec(name: &str, request: SubscriptionRequest) -> Result<SubscriptionSpec>
             }
         };
     }
-    spec.push = request.push;
     Ok(spec)
 }
 
 #[utoipa::path(put, path = "/v1/subscriptions/{name}", tag = "subscriptions", params(("name" = String, Path)),
     request_body = SubscriptionRequest,
-    responses((status = 201, body = SubscriptionDto), (status = 200, body = SubscriptionDto), (status = 400, body = ProblemDto), (status = 409, body = ProblemDto), (status = 501, body = ProblemDto)))]
+    responses((status = 201, body = SubscriptionDto), (status = 200, body = SubscriptionDto), (status = 400, body = ProblemDto), (status = 409, body = ProblemDto)))]
 pub async fn put_subscription(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -746,8 +757,19 @@ pub async fn put_subscription(
 ) -> Result<Response> {
     let broker = app.broker()?;
     let body = body_bytes(body)?;
-    let request: SubscriptionRequest = json_body(&headers, &body, false)?;
-    let spec = to_spec(&name, request)?;
+    let mut request: SubscriptionRequest = json_body(&headers, &body, false)?;
+    let push = request.push.take();
+    let mut spec = to_spec(&name, request)?;
+    if let Some(push) = push {
+        let dispatcher = app.push.get().ok_or_else(Problem::not_ready)?;
+        let existing = broker.subscription(&name).ok();
+        spec.push = Some(crate::push::to_push_spec(
+            dispatcher,
+            push,
+            &spec,
+            existing.as_deref(),
+        )?);
+    }
     let (subscription, created) = broker.create_subscription(&name, spec).await?;
     let status = if created {
         StatusCode::CREATED
@@ -756,7 +778,7 @@ pub async fn put_subscription(
     };
     Ok(json_response(
         status,
-        &subscription_dto(broker, &subscription).await,
+        &subscription_dto(&app, broker, &subscription, created).await,
     ))
 }
 
@@ -765,7 +787,7 @@ pub async fn list_subscriptions(State(app): State<Arc<App>>) -> Result<Response>
     let broker = app.broker()?;
     let mut subscriptions = Vec::new();
     for subscription in broker.list_subscriptions() {
-        subscriptions.push(subscription_dto(broker, &subscription).await);
+        subscriptions.push(subscription_dto(&app, broker, &subscription, false).await);
     }
     Ok(json_response(
         StatusCode::OK,
@@ -783,7 +805,7 @@ pub async fn get_subscription(
     let subscription = broker.subscription(&name)?;
     Ok(json_response(
         StatusCode::OK,
-        &subscription_dto(broker, &subscription).await,
+        &subscription_dto(&app, broker, &subscription, false).await,
     ))
 }
 

@@ -165,8 +165,90 @@ pub struct SubscriptionRequest {
     pub retry: Option<RetryDto>,
     /// `none` (default) or `key`.
     pub ordering: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub push: Option<Value>,
+    /// Makes this a webhook subscription (queue mode only).
+    pub push: Option<PushRequest>,
+}
+
+/// `push` of `PUT /v1/subscriptions/{name}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// `http://` or `https://` URL events are POSTed to.
+    #[schema(example = "https://example.com/webhooks/orders", max_length = 2048)]
+    pub url: String,
+    /// `whsec_` + base64 of a 24–64 byte key; generated when absent and shown once.
+    pub secret: Option<String>,
+    /// Time for one attempt (default 10s, or half of `ack_timeout` if that is shorter).
+    #[schema(example = "10s")]
+    pub timeout: Option<String>,
+    /// Most requests at once (1–1000, default 16).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<u32>,
+    /// `structured` (default: the whole event is signed) or `binary`.
+    #[schema(example = "structured")]
+    pub content_mode: Option<String>,
+}
+
+/// Body of `PATCH /v1/subscriptions/{name}`: changes a push subscription's delivery settings.
+/// Every PATCH also enables a subscription that a 410 Gone disabled.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    pub push: PushPatch,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushPatch {
+    pub url: Option<String>,
+    /// A new secret; the old one keeps signing too (a second signature) for `secret_grace`.
+    pub secret: Option<String>,
+    /// `true`: Herald generates the new secret (shown once in the answer).
+    pub rotate_secret: Option<bool>,
+    /// How long the previous secret still signs after a rotation (default 24h, at most 7d).
+    #[schema(example = "24h")]
+    pub secret_grace: Option<String>,
+    pub timeout: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<u32>,
+    pub content_mode: Option<String>,
+}
+
+/// A push subscription's delivery settings as shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PushView {
+    pub url: String,
+    /// Shown once: in the answer that created or rotated it; `null` afterwards.
+    pub secret: Option<String>,
+    pub timeout: String,
+    pub max_in_flight: u32,
+    pub content_mode: String,
+    /// During a rotation: until when the previous secret still signs.
+    pub previous_secret_until: Option<String>,
+}
+
+/// One webhook attempt.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptDto {
+    pub time: String,
+    pub webhook_id: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// 1 for the event's first attempt.
+    pub attempt: u32,
+    /// The response's status (`null` when none came: refused, timed out, blocked).
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    /// `delivered`, `failed`, `dead_lettered` or `disabled`.
+    pub outcome: String,
+}
+
+/// Answer of `GET /v1/subscriptions/{name}/attempts`, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptList {
+    pub attempts: Vec<AttemptDto>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -186,8 +268,17 @@ pub struct ConsumerDto {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PushStats {
+    /// `healthy`, `retrying`, `open_circuit` or `disabled`.
     pub state: String,
     pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    /// Requests to the endpoint under way now.
+    pub in_flight: u32,
+    /// Attempts since the server started, by result.
+    pub attempts_delivered: u64,
+    pub attempts_failed: u64,
+    /// While the circuit is open: when the next probe goes out.
+    pub next_probe: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -218,8 +309,7 @@ pub struct SubscriptionDto {
     pub dead_letter_topic: String,
     pub retry: RetryView,
     pub ordering: String,
-    #[schema(value_type = Option<Object>)]
-    pub push: Option<Value>,
+    pub push: Option<PushView>,
     pub created: String,
     pub stats: SubscriptionStats,
 }

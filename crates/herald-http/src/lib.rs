@@ -5,6 +5,8 @@
 //! The map:
 //! - [`api`]: the handlers and the shared [`api::App`] state.
 //! - [`requests`]: the handlers of action/response (request, reply, status).
+//! - [`push`]: webhook subscriptions' settings, `PATCH`, stats and attempts (the delivering is
+//!   `herald-push`'s).
 //! - [`cloudevents`]: the four publish content modes, parsed into the core's events.
 //! - [`dto`]: request and response shapes (the core's types never go on the wire).
 //! - [`problem`]: RFC 9457 errors, and how each core error maps to a status.
@@ -16,6 +18,7 @@ pub mod dto;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod push;
 pub mod requests;
 pub use herald_core::time;
 
@@ -59,6 +62,11 @@ pub struct ServerConfig {
     pub body_bytes_max: u32,
     /// Size at which a partition's segment file rolls. Default 128 MiB.
     pub segment_bytes_max: u64,
+    /// Webhooks may go to private, loopback, link-local and multicast addresses. Default
+    /// (`None`): only when `http` is a loopback address.
+    pub push_allow_private_networks: Option<bool>,
+    /// Webhook attempts kept per subscription for `GET .../attempts`. Default 100.
+    pub push_attempts_kept: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +80,8 @@ impl Default for ServerConfig {
             batch_events_max: 10_000,
             body_bytes_max: 16 * 1024 * 1024,
             segment_bytes_max: 128 * 1024 * 1024,
+            push_allow_private_networks: None,
+            push_attempts_kept: herald_push::dispatcher::ATTEMPTS_KEPT_DEFAULT,
         }
     }
 }
@@ -123,8 +133,10 @@ pub fn router(app: Arc<App>, body_bytes_max: usize) -> Router {
             "/v1/subscriptions/{name}",
             put(api::put_subscription)
                 .get(api::get_subscription)
+                .patch(push::patch_subscription)
                 .delete(api::delete_subscription),
         )
+        .route("/v1/subscriptions/{name}/attempts", get(push::attempts))
         .route("/v1/subscriptions/{name}/pull", post(api::pull))
         .route(
             "/v1/subscriptions/{name}/events",
@@ -214,9 +226,11 @@ pub async fn serve(
             batch_events_max: config.batch_events_max,
         },
         shutdown: stopping_receiver,
+        push: OnceLock::new(),
     });
     let router = router(app.clone(), config.body_bytes_max as usize);
-    tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), fsync = ?config.fsync, "Herald is listening");
+    let local_address = listener.local_addr()?;
+    tracing::info!(address = %local_address, data_dir = %config.data_dir.display(), fsync = ?config.fsync, "Herald is listening");
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing the requests in flight");
@@ -230,6 +244,13 @@ pub async fn serve(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovery finished; ready"
     );
+    let mut push_config = herald_push::PushConfig::for_listener(local_address);
+    if let Some(allow) = config.push_allow_private_networks {
+        push_config.allow_private_networks = allow;
+    }
+    push_config.attempts_kept = config.push_attempts_kept;
+    let dispatcher = herald_push::Dispatcher::start(broker.clone(), push_config)?;
+    let _ = app.push.set(dispatcher.clone());
     let _ = app.broker.set(broker.clone());
     let retention = {
         let broker = broker.clone();
@@ -244,6 +265,7 @@ pub async fn serve(
         })
     };
     let served = server.await;
+    dispatcher.shutdown();
     retention.abort();
     let _ = retention.await;
     broker.shutdown().await?;

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{api, dto, metrics, requests};
+use crate::{api, dto, metrics, push, requests};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -26,6 +26,8 @@ use crate::{api, dto, metrics, requests};
         api::list_subscriptions,
         api::get_subscription,
         api::delete_subscription,
+        push::patch_subscription,
+        push::attempts,
         api::pull,
         api::ack,
         api::nack,
@@ -58,6 +60,12 @@ use crate::{api, dto, metrics, requests};
         dto::SubscriptionStats,
         dto::ConsumerDto,
         dto::PushStats,
+        dto::PushRequest,
+        dto::PushPatch,
+        dto::PushView,
+        dto::SubscriptionPatch,
+        dto::AttemptDto,
+        dto::AttemptList,
         dto::RetryView,
         dto::PullRequest,
         dto::PullResponse,

@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// [key: segment_bytes_max] [default: 134217728].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes_max: Option<String>,
+    /// Webhooks may go to private, loopback, link-local and multicast addresses [env:
+    /// HERALD_PUSH_ALLOW_PRIVATE_NETWORKS] [key: push.allow_private_networks] [default: true
+    /// only when --http is a loopback address].
+    #[arg(long, value_name = "true|false")]
+    pub push_allow_private_networks: Option<String>,
+    /// Webhook attempts kept per subscription for `herald sub attempts` [env:
+    /// HERALD_PUSH_ATTEMPTS_KEPT] [key: push.attempts_kept] [default: 100, at most 10000].
+    #[arg(long, value_name = "COUNT")]
+    pub push_attempts_kept: Option<String>,
 }
 
 /// Why the configuration could not be assembled.
@@ -87,6 +96,8 @@ pub struct Layer {
     pub batch_events_max: Option<u32>,
     pub body_bytes_max: Option<u32>,
     pub segment_bytes_max: Option<u64>,
+    pub push_allow_private_networks: Option<bool>,
+    pub push_attempts_kept: Option<u32>,
 }
 
 /// The keys of the configuration file. Unknown keys are an error, so a typo is not silently
@@ -102,7 +113,19 @@ struct FileSettings {
     batch_events_max: Option<u32>,
     body_bytes_max: Option<u32>,
     segment_bytes_max: Option<u64>,
+    push: Option<PushFileSettings>,
 }
+
+/// The `[push]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushFileSettings {
+    allow_private_networks: Option<bool>,
+    attempts_kept: Option<u32>,
+}
+
+/// Most webhook attempts kept per subscription.
+const PUSH_ATTEMPTS_KEPT_MAX: u64 = 10_000;
 
 /// A raw value and where it came from, for error messages.
 struct Source<'a> {
@@ -136,6 +159,11 @@ impl Layer {
             batch_events_max: file.batch_events_max,
             body_bytes_max: file.body_bytes_max,
             segment_bytes_max: file.segment_bytes_max,
+            push_allow_private_networks: file
+                .push
+                .as_ref()
+                .and_then(|push| push.allow_private_networks),
+            push_attempts_kept: file.push.as_ref().and_then(|push| push.attempts_kept),
             ..Layer::default()
         };
         if let Some(http) = &file.http {
@@ -150,7 +178,7 @@ impl Layer {
                 value: fsync,
             })?);
         }
-        layer.check_limits(origin)?;
+        layer.check_limits(|key: &str| origin(&key.replacen("push_", "push.", 1)))?;
         Ok(layer)
     }
 
@@ -177,6 +205,11 @@ impl Layer {
             ("batch_events_max", args.batch_events_max.clone()),
             ("body_bytes_max", args.body_bytes_max.clone()),
             ("segment_bytes_max", args.segment_bytes_max.clone()),
+            (
+                "push_allow_private_networks",
+                args.push_allow_private_networks.clone(),
+            ),
+            ("push_attempts_kept", args.push_attempts_kept.clone()),
         ];
         let flag = |key: &str| format!("--{}", key.replace('_', "-"));
         let mut layer = Layer::from_values(flag, |key| {
@@ -255,6 +288,21 @@ impl Layer {
                 u64::MAX,
             )?);
         }
+        if let Some((origin, value)) = get("push_allow_private_networks") {
+            layer.push_allow_private_networks = Some(parse_bool(&Source {
+                origin,
+                value: &value,
+            })?);
+        }
+        if let Some((origin, value)) = get("push_attempts_kept") {
+            layer.push_attempts_kept = Some(parse_number(
+                &Source {
+                    origin,
+                    value: &value,
+                },
+                u32::MAX,
+            )?);
+        }
         layer.check_limits(name_of)?;
         Ok(layer)
     }
@@ -266,6 +314,7 @@ impl Layer {
             ("batch_events_max", self.batch_events_max.map(u64::from)),
             ("body_bytes_max", self.body_bytes_max.map(u64::from)),
             ("segment_bytes_max", self.segment_bytes_max),
+            ("push_attempts_kept", self.push_attempts_kept.map(u64::from)),
         ];
         for (key, value) in limits {
             if value == Some(0) {
@@ -274,6 +323,14 @@ impl Layer {
                     reason: "0 is not allowed; the limit must be at least 1".to_owned(),
                 });
             }
+        }
+        if let Some(kept) = self.push_attempts_kept
+            && u64::from(kept) > PUSH_ATTEMPTS_KEPT_MAX
+        {
+            return Err(ConfigError::Value {
+                origin: name_of("push_attempts_kept"),
+                reason: format!("{kept} is more than the most allowed, {PUSH_ATTEMPTS_KEPT_MAX}"),
+            });
         }
         Ok(())
     }
@@ -289,6 +346,10 @@ impl Layer {
             batch_events_max: self.batch_events_max.or(lower.batch_events_max),
             body_bytes_max: self.body_bytes_max.or(lower.body_bytes_max),
             segment_bytes_max: self.segment_bytes_max.or(lower.segment_bytes_max),
+            push_allow_private_networks: self
+                .push_allow_private_networks
+                .or(lower.push_allow_private_networks),
+            push_attempts_kept: self.push_attempts_kept.or(lower.push_attempts_kept),
         }
     }
 
@@ -303,6 +364,12 @@ impl Layer {
             batch_events_max: self.batch_events_max.unwrap_or(config.batch_events_max),
             body_bytes_max: self.body_bytes_max.unwrap_or(config.body_bytes_max),
             segment_bytes_max: self.segment_bytes_max.unwrap_or(config.segment_bytes_max),
+            push_allow_private_networks: self
+                .push_allow_private_networks
+                .or(config.push_allow_private_networks),
+            push_attempts_kept: self
+                .push_attempts_kept
+                .map_or(config.push_attempts_kept, |kept| kept as usize),
         }
     }
 }

@@ -352,10 +352,10 @@ async fn subscription_requests_are_idempotent_and_malformed_ones_are_refused() {
     let push = server
         .put_json(
             "/v1/subscriptions/q",
-            json!({"topics": ["a"], "push": {"url": "http://127.0.0.1:1/"}}),
+            json!({"topics": ["a"], "mode": "stream", "push": {"url": "http://127.0.0.1:1/"}}),
         )
         .await;
-    assert!(push.problem(501).contains("push"));
+    assert!(push.problem(400).contains("queue subscriptions"));
     let stream_filter = server
         .put_json(
             "/v1/subscriptions/q",

@@ -68,10 +68,45 @@ fn a_flag_beats_the_environment_which_beats_the_file() {
             // The flag beats both.
             fsync: FsyncPolicy::Always,
             body_bytes_max: 300,
-            // Nobody sets this.
+            // Nobody sets these.
             segment_bytes_max: ServerConfig::default().segment_bytes_max,
+            push_allow_private_networks: None,
+            push_attempts_kept: ServerConfig::default().push_attempts_kept,
         }
     );
+}
+
+#[test]
+fn push_settings_come_from_the_push_table_the_environment_and_flags() {
+    let text = "[push]\nallow_private_networks = false\nattempts_kept = 500\n";
+    let file = Some((Path::new("herald.toml"), text));
+    let config = resolve(&ServeArgs::default(), no_environment(), file).unwrap();
+    assert_eq!(config.push_allow_private_networks, Some(false));
+    assert_eq!(config.push_attempts_kept, 500);
+
+    let env = environment(&[("HERALD_PUSH_ALLOW_PRIVATE_NETWORKS", "true")]);
+    let flags = ServeArgs {
+        push_attempts_kept: Some("10000".into()),
+        ..ServeArgs::default()
+    };
+    let config = resolve(&flags, env, file).unwrap();
+    assert_eq!(config.push_allow_private_networks, Some(true));
+    assert_eq!(config.push_attempts_kept, 10_000);
+
+    let over = ServeArgs {
+        push_attempts_kept: Some("10001".into()),
+        ..ServeArgs::default()
+    };
+    let error = resolve(&over, no_environment(), None).unwrap_err();
+    assert!(error.to_string().contains("--push-attempts-kept"), "{error}");
+    let zero = "[push]\nattempts_kept = 0\n";
+    let error = resolve(
+        &ServeArgs::default(),
+        no_environment(),
+        Some((Path::new("herald.toml"), zero)),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("push.attempts_kept"), "{error}");
 }
 
 #[test]

@@ -1,0 +1,671 @@
+//! The dispatcher: one task per push subscription pulls leased deliveries from the broker (as
+//! the consumer `herald-push`), POSTs each to the endpoint, and acks or nacks it. Retries, dead
+//! letters and key ordering are the queue's own; the dispatcher adds the in-flight limit, the
+//! circuit breaker, the 410 switch-off and the record of attempts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use herald_core::queue::{LEASE_MAX, Settle};
+use herald_core::stream::Delivery;
+use herald_core::subscription::PushSpec;
+use herald_core::{Broker, BrokerError, Subscription};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::breaker::{Breaker, Gate, PushState};
+use crate::destination;
+use crate::message;
+use crate::signature;
+
+/// Attempts kept per subscription by default (`push.attempts_kept`).
+pub const ATTEMPTS_KEPT_DEFAULT: usize = 100;
+/// Most attempts kept per subscription.
+pub const ATTEMPTS_KEPT_MAX: usize = 10_000;
+/// Default time allowed to open a connection (`push.connect_timeout`).
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// The consumer name the dispatcher pulls as (visible in the subscription's stats).
+pub const CONSUMER: &str = "herald-push";
+/// How long one pull waits for events; settings changes are seen at least this often.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+/// Most receipts in one ack.
+const ACK_BATCH_MAX: usize = 1024;
+/// Most successful deliveries waiting for their ack (beyond it, deliveries wait).
+const ACK_QUEUE_MAX: usize = 4096;
+/// Bytes of a response body read so the connection can be reused; a longer body is dropped.
+const RESPONSE_BYTES_READ_MAX: usize = 64 * 1024;
+/// Bytes of a failed response's body kept in its attempt's error.
+const RESPONSE_EXCERPT_BYTES_MAX: usize = 256;
+/// Idle connections kept per endpoint host.
+const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
+
+/// The dispatcher's settings (`[push]` in the server's configuration).
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Send to private, loopback, link-local and multicast addresses.
+    pub allow_private_networks: bool,
+    /// Attempts kept per subscription for `GET /v1/subscriptions/{name}/attempts`.
+    pub attempts_kept: usize,
+    pub connect_timeout: Duration,
+}
+
+impl PushConfig {
+    /// The defaults for a server listening on `listen`: private networks are allowed only
+    /// when it listens on loopback (a developer's machine).
+    pub fn for_listener(listen: SocketAddr) -> Self {
+        Self {
+            allow_private_networks: listen.ip().is_loopback(),
+            attempts_kept: ATTEMPTS_KEPT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A 2xx within the timeout: acknowledged.
+    Delivered,
+    /// Failed; the event is retried with backoff.
+    Failed,
+    /// Failed for the `max_deliveries`-th time: the event went to the dead-letter topic.
+    DeadLettered,
+    /// 410 Gone: the subscription is disabled.
+    Disabled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::DeadLettered => "dead_lettered",
+            AttemptOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+/// One HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it started (ms since the Unix epoch).
+    pub time_ms: u64,
+    pub webhook_id: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// 1 for the first attempt of this event.
+    pub attempt: u32,
+    /// The response's status, if one came.
+    pub status: Option<u16>,
+    pub latency_us: u64,
+    pub error: Option<String>,
+    pub outcome: AttemptOutcome,
+}
+
+/// A push subscription's delivery state, for `stats.push`.
+#[derive(Debug, Clone)]
+pub struct PushStatus {
+    pub state: PushState,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub in_flight: u32,
+    /// Attempts since the server started, by result.
+    pub delivered: u64,
+    pub failed: u64,
+    /// While the circuit is open: when the next probe is sent (ms since the Unix epoch).
+    pub next_probe_ms: Option<u64>,
+}
+
+/// The webhook dispatcher; cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    broker: Arc<Broker>,
+    client: reqwest::Client,
+    config: PushConfig,
+    /// By subscription name. A std mutex: never held across an `.await`.
+    endpoints: Mutex<BTreeMap<String, Arc<Endpoint>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// The run-time state of one push subscription.
+#[derive(Debug)]
+struct Endpoint {
+    subscription: watch::Sender<Arc<Subscription>>,
+    /// A std mutex: never held across an `.await`.
+    status: Mutex<EndpointStatus>,
+    in_flight: AtomicU32,
+    /// Signalled when an attempt finishes.
+    finished: Notify,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct EndpointStatus {
+    breaker: Breaker,
+    last_error: Option<String>,
+    delivered: u64,
+    failed: u64,
+    attempts: VecDeque<Attempt>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves counters and a ring of records: still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Dispatcher {
+    /// Starts delivering every push subscription of `broker`, and follows subscriptions as they
+    /// are created, changed and deleted. Must be called within a Tokio runtime.
+    pub fn start(broker: Arc<Broker>, config: PushConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would make the address check meaningless.
+            .no_proxy()
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST_MAX)
+            .tcp_nodelay(true)
+            .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(destination::resolver(config.allow_private_networks))
+            .build()?;
+        let inner = Arc::new(Inner {
+            broker,
+            client,
+            config: PushConfig {
+                attempts_kept: config.attempts_kept.clamp(1, ATTEMPTS_KEPT_MAX),
+                ..config
+            },
+            endpoints: Mutex::new(BTreeMap::new()),
+            stop: watch::Sender::new(false),
+        });
+        tokio::spawn(follow_subscriptions(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    pub fn config(&self) -> &PushConfig {
+        &self.inner.config
+    }
+
+    /// Checks a webhook URL against this dispatcher's settings (form, and a literal address).
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        destination::check_url(url, self.inner.config.allow_private_networks).map(|_| ())
+    }
+
+    /// The delivery state of push subscription `subscription`.
+    pub fn status(&self, subscription: &Subscription) -> Option<PushStatus> {
+        let push = subscription.spec.push.as_ref()?;
+        let endpoint = lock(&self.inner.endpoints).get(&subscription.name).cloned();
+        let mut status = match endpoint {
+            Some(endpoint) => {
+                let state = lock(&endpoint.status);
+                PushStatus {
+                    state: state.breaker.state(),
+                    last_error: state.last_error.clone(),
+                    consecutive_failures: state.breaker.consecutive_failures(),
+                    in_flight: endpoint.in_flight.load(Ordering::Relaxed),
+                    delivered: state.delivered,
+                    failed: state.failed,
+                    next_probe_ms: state.breaker.next_probe_ms(),
+                }
+            }
+            // Created a moment ago: its task has not started yet.
+            None => PushStatus {
+                state: PushState::Healthy,
+                last_error: None,
+                consecutive_failures: 0,
+                in_flight: 0,
+                delivered: 0,
+                failed: 0,
+                next_probe_ms: None,
+            },
+        };
+        if let Some(reason) = &push.disabled {
+            status.state = PushState::Disabled;
+            status.last_error = Some(reason.clone());
+            status.next_probe_ms = None;
+        }
+        Some(status)
+    }
+
+    /// The latest attempts of a push subscription, newest first.
+    pub fn attempts(&self, name: &str, limit: usize) -> Vec<Attempt> {
+        let endpoint = lock(&self.inner.endpoints).get(name).cloned();
+        endpoint.map_or_else(Vec::new, |endpoint| {
+            lock(&endpoint.status)
+                .attempts
+                .iter()
+                .rev()
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Stops sending (attempts under way finish on their own; what they leave unacknowledged is
+    /// redelivered when its lease expires or after a restart).
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        for endpoint in lock(&self.inner.endpoints).values() {
+            endpoint.stop.send_replace(true);
+        }
+    }
+}
+
+/// Keeps one endpoint task per push subscription.
+async fn follow_subscriptions(inner: Arc<Inner>) {
+    let mut changed = inner.broker.subscriptions_changed();
+    let mut stop = inner.stop.subscribe();
+    loop {
+        changed.borrow_and_update();
+        reconcile(&inner);
+        tokio::select! {
+            result = changed.changed() => if result.is_err() { break },
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
+    }
+    for endpoint in std::mem::take(&mut *lock(&inner.endpoints)).values() {
+        endpoint.stop.send_replace(true);
+    }
+}
+
+fn reconcile(inner: &Arc<Inner>) {
+    let subscriptions: BTreeMap<String, Arc<Subscription>> = inner
+        .broker
+        .list_subscriptions()
+        .into_iter()
+        .filter(|subscription| subscription.spec.push.is_some())
+        .map(|subscription| (subscription.name.clone(), subscription))
+        .collect();
+    let mut endpoints = lock(&inner.endpoints);
+    endpoints.retain(|name, endpoint| {
+        let current = endpoint.subscription.borrow().id;
+        let keep = subscriptions
+            .get(name)
+            .is_some_and(|subscription| subscription.id == current);
+        if !keep {
+            endpoint.stop.send_replace(true);
+        }
+        keep
+    });
+    for (name, subscription) in subscriptions {
+        match endpoints.get(&name) {
+            Some(endpoint) => {
+                endpoint.subscription.send_if_modified(|current| {
+                    if Arc::ptr_eq(current, &subscription) {
+                        return false;
+                    }
+                    let before = current.spec.push.as_ref();
+                    let after = subscription.spec.push.as_ref();
+                    // Re-enabled, or pointed elsewhere: the old endpoint's failures say nothing.
+                    if before.map(|push| (&push.url, push.disabled.is_some()))
+                        != after.map(|push| (&push.url, push.disabled.is_some()))
+                    {
+                        lock(&endpoint.status).breaker = Breaker::default();
+                    }
+                    *current = subscription.clone();
+                    true
+                });
+            }
+            None => {
+                let endpoint = Arc::new(Endpoint {
+                    subscription: watch::Sender::new(subscription),
+                    status: Mutex::new(EndpointStatus::default()),
+                    in_flight: AtomicU32::new(0),
+                    finished: Notify::new(),
+                    stop: watch::Sender::new(false),
+                });
+                endpoints.insert(name, endpoint.clone());
+                tokio::spawn(run_endpoint(inner.clone(), endpoint));
+            }
+        }
+    }
+}
+
+/// Delivers one push subscription until it is deleted or the dispatcher stops.
+async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
+    let (acks, ack_queue) = mpsc::channel(ACK_QUEUE_MAX);
+    let name = endpoint.subscription.borrow().name.clone();
+    tokio::spawn(run_acks(inner.broker.clone(), name.clone(), ack_queue));
+    let mut subscription_changes = endpoint.subscription.subscribe();
+    let mut stop = endpoint.stop.subscribe();
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        let subscription = subscription_changes.borrow_and_update().clone();
+        let Some(push) = subscription.spec.push.clone() else {
+            break;
+        };
+        if push.disabled.is_some() {
+            tokio::select! {
+                _ = subscription_changes.changed() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let finished = endpoint.finished.notified();
+        tokio::pin!(finished);
+        finished.as_mut().enable();
+        let in_flight = endpoint.in_flight.load(Ordering::Acquire);
+        let gate = lock(&endpoint.status).breaker.gate(inner.broker.clock_ms());
+        let max = match gate {
+            Gate::WaitUntil(next_probe_ms) => {
+                let wait = next_probe_ms.saturating_sub(inner.broker.clock_ms());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = subscription_changes.changed() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            // A probe goes out alone.
+            Gate::Probe if in_flight > 0 => 0,
+            Gate::Probe => 1,
+            Gate::Closed => push.max_in_flight.saturating_sub(in_flight),
+        };
+        if max == 0 {
+            tokio::select! {
+                _ = finished => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let deliveries = match inner
+            .broker
+            .pull(&name, CONSUMER, max as usize, PULL_WAIT, None)
+            .await
+        {
+            Ok(deliveries) => deliveries,
+            Err(BrokerError::SubscriptionNotFound(_)) => break,
+            Err(error) => {
+                tracing::warn!(subscription = %name, %error, "push: pull failed; trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for delivery in deliveries {
+            endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+            let attempt = attempt(
+                inner.clone(),
+                endpoint.clone(),
+                subscription.clone(),
+                push.clone(),
+                delivery,
+                acks.clone(),
+            );
+            if gate == Gate::Probe {
+                attempt.await;
+            } else {
+                tokio::spawn(attempt);
+            }
+        }
+    }
+}
+
+/// Acknowledges successful deliveries in batches (every ack is one durable commit).
+async fn run_acks(broker: Arc<Broker>, name: String, mut queue: mpsc::Receiver<String>) {
+    let mut receipts = Vec::with_capacity(ACK_BATCH_MAX);
+    while queue.recv_many(&mut receipts, ACK_BATCH_MAX).await > 0 {
+        // A failed ack leaves the leases to expire: the events are delivered again
+        // (at least once), never lost.
+        if let Err(error) = broker.ack(&name, &receipts, None).await {
+            tracing::warn!(subscription = %name, %error, "push: ack failed; the events will be delivered again");
+        }
+        receipts.clear();
+    }
+}
+
+/// The answer of an endpoint.
+struct Response {
+    status: u16,
+    retry_after: Option<Duration>,
+    excerpt: String,
+}
+
+/// One HTTP attempt of one delivery, and what follows from its result.
+async fn attempt(
+    inner: Arc<Inner>,
+    endpoint: Arc<Endpoint>,
+    subscription: Arc<Subscription>,
+    push: PushSpec,
+    delivery: Delivery,
+    acks: mpsc::Sender<String>,
+) {
+    let broker = &inner.broker;
+    let time_ms = broker.clock_ms();
+    let started = Instant::now();
+    let webhook_id = format!(
+        "msg_{:x}_{:x}_{}_{}",
+        subscription.id,
+        delivery.event.topic.record.id,
+        delivery.event.partition,
+        delivery.event.offset
+    );
+    let result = send(&inner, &push, &webhook_id, &delivery, time_ms).await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    let (status, error, retry_after) = match result {
+        Ok(response) if (200..300).contains(&response.status) => {
+            (Some(response.status), None, None)
+        }
+        Ok(response) => {
+            let mut error = format!("the endpoint answered {}", response.status);
+            if !response.excerpt.is_empty() {
+                error.push_str(": ");
+                error.push_str(&response.excerpt);
+            }
+            (Some(response.status), Some(error), response.retry_after)
+        }
+        Err(error) => (None, Some(error), None),
+    };
+    let outcome = if error.is_none() {
+        if acks.send(delivery.receipt.clone()).await.is_err() {
+            tracing::warn!(subscription = %subscription.name, "push: stopped before the ack; the event will be delivered again");
+        }
+        AttemptOutcome::Delivered
+    } else if status == Some(410) {
+        AttemptOutcome::Disabled
+    } else if delivery.attempt >= subscription.spec.max_deliveries {
+        AttemptOutcome::DeadLettered
+    } else {
+        AttemptOutcome::Failed
+    };
+    {
+        let mut state = lock(&endpoint.status);
+        match outcome {
+            AttemptOutcome::Delivered => {
+                state.breaker.succeeded();
+                state.delivered += 1;
+            }
+            _ => {
+                let not_before_ms = retry_after.map(|delay| time_ms + delay.as_millis() as u64);
+                state.breaker.failed(broker.clock_ms(), not_before_ms);
+                state.failed += 1;
+                state.last_error = error.clone();
+            }
+        }
+        state.attempts.push_back(Attempt {
+            time_ms,
+            webhook_id,
+            topic: delivery.event.topic.name().to_owned(),
+            partition: delivery.event.partition,
+            offset: delivery.event.offset,
+            attempt: delivery.attempt,
+            status,
+            latency_us,
+            error: error.clone(),
+            outcome,
+        });
+        while state.attempts.len() > inner.config.attempts_kept {
+            state.attempts.pop_front();
+        }
+    }
+    if outcome == AttemptOutcome::Disabled {
+        let reason = format!(
+            "the endpoint answered 410 Gone at {}; PATCH the subscription to enable it again",
+            herald_core::time::format_rfc3339(time_ms)
+        );
+        let disabled = broker
+            .update_push(&subscription.name, |push| {
+                if push.disabled.is_none() {
+                    push.disabled = Some(reason);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = disabled {
+            tracing::warn!(subscription = %subscription.name, %error, "push: could not disable after 410 Gone");
+        }
+    }
+    if outcome != AttemptOutcome::Delivered {
+        let delay = retry_after.map(|delay| delay.min(LEASE_MAX));
+        let nacked = broker
+            .settle(
+                &subscription.name,
+                std::slice::from_ref(&delivery.receipt),
+                Settle::Nack { delay },
+            )
+            .await;
+        if let Err(error) = nacked {
+            tracing::warn!(subscription = %subscription.name, %error, "push: nack failed; the lease expires instead");
+        }
+    }
+    endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+    endpoint.finished.notify_one();
+}
+
+/// Sends one signed request; `Err` says why no response came.
+async fn send(
+    inner: &Inner,
+    push: &PushSpec,
+    webhook_id: &str,
+    delivery: &Delivery,
+    now_ms: u64,
+) -> Result<Response, String> {
+    let url = destination::check_url(&push.url, inner.config.allow_private_networks)?;
+    let message =
+        message::build(&delivery.event.event, push.content_mode).map_err(|error| error.0)?;
+    let keys: Vec<Vec<u8>> = push
+        .signing_secrets(now_ms)
+        .filter_map(|secret| signature::secret_key(secret).ok())
+        .collect();
+    let timestamp_s = now_ms / 1000;
+    let signature = signature::signature_header(
+        keys.iter().map(Vec::as_slice),
+        webhook_id,
+        timestamp_s,
+        &message.body,
+    );
+    let timeout = Duration::from_millis(push.timeout_ms);
+    let mut request = inner
+        .client
+        .post(url)
+        .timeout(timeout)
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", timestamp_s.to_string())
+        .header("webhook-signature", signature)
+        .header("herald-attempt", delivery.attempt.to_string());
+    if let Some(content_type) = &message.content_type {
+        request = request.header(reqwest::header::CONTENT_TYPE, content_type.as_str());
+    }
+    for (name, value) in &message.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let mut response = request
+        .body(message.body)
+        .send()
+        .await
+        .map_err(|error| describe(&error, timeout))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_retry_after);
+    // Read the body (up to a bound) so the connection can be used again.
+    let mut excerpt = Vec::new();
+    let mut read = 0usize;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = RESPONSE_EXCERPT_BYTES_MAX.saturating_sub(excerpt.len());
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if read > RESPONSE_BYTES_READ_MAX {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            // The status is what counts; a body cut short only costs the connection.
+            Err(error) if (200..300).contains(&status) => {
+                tracing::debug!(%error, "push: response body cut short");
+                break;
+            }
+            Err(error) => return Err(describe(&error, timeout)),
+        }
+    }
+    Ok(Response {
+        status,
+        retry_after,
+        excerpt: String::from_utf8_lossy(&excerpt).trim().to_owned(),
+    })
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn parse_retry_after(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// An error with its causes, in one line.
+fn describe(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("no answer within the timeout ({} ms)", timeout.as_millis());
+    }
+    let mut text = if error.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "the request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(61);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        assert!(parsed <= Duration::from_secs(61) && parsed >= Duration::from_secs(58));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
