@@ -920,9 +920,21 @@ async fn read_deliveries(
 #[derive(Debug, Clone)]
 pub enum Settle {
     Ack,
-    Nack { delay: Option<Duration> },
-    Extend { by: Duration },
-    Reject { reason: String },
+    Nack {
+        delay: Option<Duration>,
+    },
+    /// A nack by Herald's own consumer (a webhook attempt that failed), saying why: the reason
+    /// goes into `deadletterreason` when it was the last attempt.
+    Fail {
+        delay: Option<Duration>,
+        reason: String,
+    },
+    Extend {
+        by: Duration,
+    },
+    Reject {
+        reason: String,
+    },
 }
 
 pub(crate) async fn settle(
@@ -976,9 +988,13 @@ pub(crate) async fn settle(
                     touched.insert(key);
                     state.acked += 1;
                 }
-                Settle::Nack { delay } => {
+                Settle::Nack { delay } | Settle::Fail { delay, .. } => {
                     let delay_ms =
                         delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                    let what = match &action {
+                        Settle::Fail { reason, .. } => reason.as_str(),
+                        _ => "nacked",
+                    };
                     fail_attempt(
                         spec,
                         &mut state,
@@ -987,7 +1003,7 @@ pub(crate) async fn settle(
                         attempts,
                         now,
                         delay_ms,
-                        "nacked",
+                        what,
                         &mut failures,
                     );
                 }

@@ -68,9 +68,12 @@ impl Breaker {
     }
 
     /// A failed attempt at `now_ms`; `not_before_ms` is a `Retry-After` the endpoint asked for.
-    pub fn failed(&mut self, now_ms: u64, not_before_ms: Option<u64>) {
+    /// `probe` says it was the open circuit's probe: only a failed probe lengthens the interval
+    /// (attempts that were under way when the circuit opened end without changing it).
+    pub fn failed(&mut self, now_ms: u64, not_before_ms: Option<u64>, probe: bool) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let interval = match self.open {
+            Some(_) if !probe => return,
             Some((interval, _)) => (interval * 2).min(PROBE_INTERVAL_MAX),
             None if self.consecutive_failures >= FAILURES_TO_OPEN => PROBE_INTERVAL_FIRST,
             None => return,
@@ -113,18 +116,21 @@ mod tests {
     fn the_circuit_opens_after_failures_in_a_row_and_probes_at_growing_intervals() {
         let mut breaker = Breaker::default();
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            breaker.failed(0, None);
+            breaker.failed(0, None, false);
             assert_eq!(breaker.state(), PushState::Retrying);
             assert_eq!(breaker.gate(0), Gate::Closed);
         }
-        breaker.failed(0, None);
+        breaker.failed(0, None, false);
         assert_eq!(breaker.state(), PushState::OpenCircuit);
         assert_eq!(breaker.gate(0), Gate::WaitUntil(1_000));
         assert_eq!(breaker.gate(1_000), Gate::Probe);
+        // Attempts that were under way when it opened fail without lengthening the wait.
+        breaker.failed(500, None, false);
+        assert_eq!(breaker.gate(0), Gate::WaitUntil(1_000));
         let mut now = 1_000;
         let mut intervals = Vec::new();
         for _ in 0..8 {
-            breaker.failed(now, None);
+            breaker.failed(now, None, true);
             let Gate::WaitUntil(next) = breaker.gate(now) else {
                 panic!("open after a failed probe")
             };
@@ -144,10 +150,10 @@ mod tests {
     fn a_success_in_between_resets_the_count() {
         let mut breaker = Breaker::default();
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            breaker.failed(0, None);
+            breaker.failed(0, None, false);
         }
         breaker.succeeded();
-        breaker.failed(0, None);
+        breaker.failed(0, None, false);
         assert_eq!(breaker.state(), PushState::Retrying);
         assert_eq!(breaker.consecutive_failures(), 1);
     }
@@ -156,10 +162,10 @@ mod tests {
     fn retry_after_delays_the_next_probe_but_never_past_the_longest_interval() {
         let mut breaker = Breaker::default();
         for _ in 0..FAILURES_TO_OPEN {
-            breaker.failed(0, Some(10_000));
+            breaker.failed(0, Some(10_000), false);
         }
         assert_eq!(breaker.next_probe_ms(), Some(10_000));
-        breaker.failed(10_000, Some(10_000 + 3_600_000));
+        breaker.failed(10_000, Some(10_000 + 3_600_000), true);
         assert_eq!(breaker.next_probe_ms(), Some(40_000));
     }
 }

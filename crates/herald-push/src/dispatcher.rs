@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use herald_core::queue::{LEASE_MAX, Settle};
 use herald_core::stream::Delivery;
 use herald_core::subscription::PushSpec;
 use herald_core::{Broker, BrokerError, Subscription};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::breaker::{Breaker, Gate, PushState};
 use crate::destination;
@@ -141,9 +140,8 @@ struct Endpoint {
     subscription: watch::Sender<Arc<Subscription>>,
     /// A std mutex: never held across an `.await`.
     status: Mutex<EndpointStatus>,
-    in_flight: AtomicU32,
-    /// Signalled when an attempt finishes.
-    finished: Notify,
+    /// Requests under way; the endpoint's task waits on it for room.
+    in_flight: watch::Sender<u32>,
     stop: watch::Sender<bool>,
 }
 
@@ -211,7 +209,7 @@ impl Dispatcher {
                     state: state.breaker.state(),
                     last_error: state.last_error.clone(),
                     consecutive_failures: state.breaker.consecutive_failures(),
-                    in_flight: endpoint.in_flight.load(Ordering::Relaxed),
+                    in_flight: *endpoint.in_flight.borrow(),
                     delivered: state.delivered,
                     failed: state.failed,
                     next_probe_ms: state.breaker.next_probe_ms(),
@@ -319,8 +317,7 @@ fn reconcile(inner: &Arc<Inner>) {
                 let endpoint = Arc::new(Endpoint {
                     subscription: watch::Sender::new(subscription),
                     status: Mutex::new(EndpointStatus::default()),
-                    in_flight: AtomicU32::new(0),
-                    finished: Notify::new(),
+                    in_flight: watch::Sender::new(0),
                     stop: watch::Sender::new(false),
                 });
                 endpoints.insert(name, endpoint.clone());
@@ -337,6 +334,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
     tokio::spawn(run_acks(inner.broker.clone(), name.clone(), ack_queue));
     let mut subscription_changes = endpoint.subscription.subscribe();
     let mut stop = endpoint.stop.subscribe();
+    let mut in_flight_changes = endpoint.in_flight.subscribe();
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -352,11 +350,9 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
             }
             continue;
         }
-        let finished = endpoint.finished.notified();
-        tokio::pin!(finished);
-        finished.as_mut().enable();
-        let in_flight = endpoint.in_flight.load(Ordering::Acquire);
+        let in_flight = *in_flight_changes.borrow_and_update();
         let gate = lock(&endpoint.status).breaker.gate(inner.broker.clock_ms());
+        tracing::trace!(subscription = %name, ?gate, in_flight, "push: next step");
         let max = match gate {
             Gate::WaitUntil(next_probe_ms) => {
                 let wait = next_probe_ms.saturating_sub(inner.broker.clock_ms());
@@ -374,11 +370,12 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
         };
         if max == 0 {
             tokio::select! {
-                _ = finished => {}
+                _ = in_flight_changes.changed() => {}
                 _ = stop.changed() => {}
             }
             continue;
         }
+        tracing::trace!(subscription = %name, max, "push: pulling");
         let deliveries = match inner
             .broker
             .pull(&name, CONSUMER, max as usize, PULL_WAIT, None)
@@ -393,7 +390,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
             }
         };
         for delivery in deliveries {
-            endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+            endpoint.in_flight.send_modify(|count| *count += 1);
             let attempt = attempt(
                 inner.clone(),
                 endpoint.clone(),
@@ -401,6 +398,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
                 push.clone(),
                 delivery,
                 acks.clone(),
+                gate == Gate::Probe,
             );
             if gate == Gate::Probe {
                 attempt.await;
@@ -439,8 +437,17 @@ async fn attempt(
     push: PushSpec,
     delivery: Delivery,
     acks: mpsc::Sender<String>,
+    probe: bool,
 ) {
     let broker = &inner.broker;
+    // The settings as they are now: a PATCH during the pull (a new secret) already counts.
+    let push = endpoint
+        .subscription
+        .borrow()
+        .spec
+        .push
+        .clone()
+        .unwrap_or(push);
     let time_ms = broker.clock_ms();
     let started = Instant::now();
     let webhook_id = format!(
@@ -487,7 +494,9 @@ async fn attempt(
             }
             _ => {
                 let not_before_ms = retry_after.map(|delay| time_ms + delay.as_millis() as u64);
-                state.breaker.failed(broker.clock_ms(), not_before_ms);
+                state
+                    .breaker
+                    .failed(broker.clock_ms(), not_before_ms, probe);
                 state.failed += 1;
                 state.last_error = error.clone();
             }
@@ -531,15 +540,17 @@ async fn attempt(
             .settle(
                 &subscription.name,
                 std::slice::from_ref(&delivery.receipt),
-                Settle::Nack { delay },
+                Settle::Fail {
+                    delay,
+                    reason: error.unwrap_or_default(),
+                },
             )
             .await;
         if let Err(error) = nacked {
             tracing::warn!(subscription = %subscription.name, %error, "push: nack failed; the lease expires instead");
         }
     }
-    endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
-    endpoint.finished.notify_one();
+    endpoint.in_flight.send_modify(|count| *count -= 1);
 }
 
 /// Sends one signed request; `Err` says why no response came.

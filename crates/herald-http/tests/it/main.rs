@@ -4,6 +4,7 @@
 mod harness;
 mod hostile;
 mod publish;
+mod push;
 mod queues;
 mod read;
 mod requests;

@@ -98,7 +98,10 @@ fn push_settings_come_from_the_push_table_the_environment_and_flags() {
         ..ServeArgs::default()
     };
     let error = resolve(&over, no_environment(), None).unwrap_err();
-    assert!(error.to_string().contains("--push-attempts-kept"), "{error}");
+    assert!(
+        error.to_string().contains("--push-attempts-kept"),
+        "{error}"
+    );
     let zero = "[push]\nattempts_kept = 0\n";
     let error = resolve(
         &ServeArgs::default(),
