@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::error::{ClientError, decode_problem};
 use crate::model::{
-    AckResponse, Delivery, PublishResult, PullRequest, PullResponse, ReadQuery, ReadResponse,
-    RedriveResponse, RequestAnswer, RequestInfo, RequestOptions, Services, Subscription,
-    SubscriptionList, TailEvent, Topic, TopicList,
+    AckResponse, Attempt, AttemptList, Delivery, PublishResult, PullRequest, PullResponse,
+    ReadQuery, ReadResponse, RedriveResponse, RequestAnswer, RequestInfo, RequestOptions, Services,
+    Subscription, SubscriptionList, TailEvent, Topic, TopicList,
 };
 use crate::sse::{SseMessage, SseParser};
 
@@ -372,6 +372,34 @@ impl Client {
         let call = self.call(Method::DELETE, &["v1", "subscriptions", name])?;
         self.send(call).await?;
         Ok(())
+    }
+
+    /// `PATCH /v1/subscriptions/{name}`: changes a webhook subscription's `push` settings
+    /// (`{"url", "secret", "rotate_secret", "secret_grace", "timeout", "max_in_flight",
+    /// "content_mode"}`, each optional) and enables it again after a 410 Gone. A new secret is
+    /// in the answer's `push.secret`, this once.
+    pub async fn update_push(&self, name: &str, push: &Value) -> Result<Subscription, ClientError> {
+        let call = self.call(Method::PATCH, &["v1", "subscriptions", name])?;
+        let call = call.map(|builder| builder.json(&json!({ "push": push })));
+        let (response, label) = self.send(call).await?;
+        decode(response, &label).await
+    }
+
+    /// `GET /v1/subscriptions/{name}/attempts`: a webhook subscription's latest attempts,
+    /// newest first (the server's default number when `limit` is `None`).
+    pub async fn attempts(
+        &self,
+        name: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<Attempt>, ClientError> {
+        let mut url = self.url(&["v1", "subscriptions", name, "attempts"])?;
+        if let Some(limit) = limit {
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
+        }
+        let (response, label) = self.send(self.call_url(Method::GET, url)).await?;
+        let list: AttemptList = decode(response, &label).await?;
+        Ok(list.attempts)
     }
 
     /// `POST /v1/subscriptions/{name}/pull`.

@@ -33,10 +33,10 @@ pub mod sse;
 pub use client::{CONNECT_TIMEOUT, Client, SERVICE_HEADER};
 pub use error::ClientError;
 pub use model::{
-    AckResponse, Consumer, Delivery, PartitionInfo, Problem, PublishResult, PublishedEvent,
-    PullRequest, PullResponse, ReadQuery, ReadResponse, ReceiptResult, RedriveResponse,
-    RequestAnswer, RequestInfo, RequestOptions, Retention, RetrySettings, Service, Services,
-    StoredEvent, Subscription, SubscriptionList, SubscriptionSettings, SubscriptionStats,
+    AckResponse, Attempt, AttemptList, Consumer, Delivery, PartitionInfo, Problem, PublishResult,
+    PublishedEvent, PullRequest, PullResponse, ReadQuery, ReadResponse, ReceiptResult,
+    RedriveResponse, RequestAnswer, RequestInfo, RequestOptions, Retention, RetrySettings, Service,
+    Services, StoredEvent, Subscription, SubscriptionList, SubscriptionSettings, SubscriptionStats,
     TailEvent, Topic, TopicList, TopicSettings,
 };
 pub use sse::SseMessage;

@@ -295,6 +295,33 @@ pub struct ReceiptResult {
     pub status: String,
 }
 
+/// One webhook attempt, in `GET /v1/subscriptions/{name}/attempts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// RFC 3339: when it started.
+    pub time: String,
+    pub webhook_id: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// 1 for the event's first attempt.
+    pub attempt: u32,
+    /// The endpoint's status, `None` when no answer came.
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    /// `delivered`, `failed`, `dead_lettered` or `disabled`.
+    pub outcome: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The answer to `GET /v1/subscriptions/{name}/attempts`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptList {
+    pub attempts: Vec<Attempt>,
+}
+
 /// The answer to `POST /v1/subscriptions/{name}/redrive`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RedriveResponse {

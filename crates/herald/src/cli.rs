@@ -247,6 +247,46 @@ pub enum SubCommand {
     /// Move events from the dead-letter topic back into this subscription (same as `herald dlq
     /// redrive`).
     Redrive(RedriveArgs),
+    /// A webhook subscription's latest delivery attempts, newest first.
+    Attempts(AttemptsArgs),
+    /// Change a webhook subscription's delivery settings: rotate its secret, point it
+    /// elsewhere; also enables it again after its endpoint answered 410 Gone.
+    Webhook(WebhookArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttemptsArgs {
+    /// The subscription's name.
+    pub name: String,
+    /// Most attempts to show [server default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// The subscription's name.
+    pub name: String,
+    /// A new endpoint URL.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A new secret (`whsec_` + base64); the old one keeps signing for --secret-grace.
+    #[arg(long, value_name = "SECRET", conflicts_with = "rotate_secret")]
+    pub secret: Option<String>,
+    /// Let the server generate a new secret (printed once).
+    #[arg(long)]
+    pub rotate_secret: bool,
+    /// How long the previous secret still signs too [server default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub secret_grace: Option<String>,
+    /// Time for one attempt.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub timeout: Option<String>,
+    /// Most requests at once, 1 to 1000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_in_flight: Option<u32>,
+    #[arg(long, value_name = "MODE", value_parser = ["structured", "binary"])]
+    pub content_mode: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +342,28 @@ pub struct SubCreateArgs {
     /// How much each retry delay grows over the one before [server default: 2.0].
     #[arg(long, value_name = "F", value_parser = multiplier_arg, help_heading = "Retry backoff")]
     pub retry_multiplier: Option<f64>,
+    /// Make it a webhook subscription: Herald POSTs each event to this URL (signed with
+    /// Standard Webhooks headers) and acks it on a 2xx.
+    #[arg(long, value_name = "URL", help_heading = "Webhook")]
+    pub push: Option<String>,
+    /// The signing secret, `whsec_` + base64 [server default: generated, printed once].
+    #[arg(
+        long,
+        value_name = "SECRET",
+        requires = "push",
+        help_heading = "Webhook"
+    )]
+    pub push_secret: Option<String>,
+    /// Time for one attempt [server default: 10s, or half of --ack-timeout if shorter].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, requires = "push", help_heading = "Webhook")]
+    pub push_timeout: Option<String>,
+    /// Most requests at once, 1 to 1000 [server default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000), requires = "push", help_heading = "Webhook")]
+    pub push_max_in_flight: Option<u32>,
+    /// `structured`: the whole event as the (signed) body; `binary`: `ce-*` headers and the data
+    /// as the body [server default: structured].
+    #[arg(long, value_name = "MODE", value_parser = ["structured", "binary"], requires = "push", help_heading = "Webhook")]
+    pub push_content_mode: Option<String>,
 }
 
 #[derive(Debug, Args)]

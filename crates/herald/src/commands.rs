@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 
 use crate::CommandError;
 use crate::cli::{
-    Command, DlqCommand, ExtendArgs, GlobalArgs, NackArgs, Output, PublishArgs, PullArgs, ReadArgs,
-    ReceiptArgs, RedriveArgs, RejectArgs, ReplyArgs, RequestArgs, SeekArgs, SubCommand,
-    SubCreateArgs, TailArgs, TopicCommand, TopicCreateArgs,
+    AttemptsArgs, Command, DlqCommand, ExtendArgs, GlobalArgs, NackArgs, Output, PublishArgs,
+    PullArgs, ReadArgs, ReceiptArgs, RedriveArgs, RejectArgs, ReplyArgs, RequestArgs, SeekArgs,
+    SubCommand, SubCreateArgs, TailArgs, TopicCommand, TopicCreateArgs, WebhookArgs,
 };
 use crate::event::{EventAttributes, parse_batch, parse_data};
 use crate::table::{Table, write_fields};
@@ -513,7 +513,88 @@ async fn subscription(
         }
         SubCommand::Seek(args) => seek(client, printer, args, out).await,
         SubCommand::Redrive(args) => redrive(client, printer, args, out).await,
+        SubCommand::Attempts(args) => attempts(client, printer, args, out).await,
+        SubCommand::Webhook(args) => webhook(client, printer, args, out).await,
     }
+}
+
+async fn attempts(
+    client: &Client,
+    printer: Printer,
+    args: AttemptsArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let attempts = client.attempts(&args.name, args.limit).await?;
+    if printer.json() {
+        return write_json(out, &json!({ "attempts": attempts }));
+    }
+    let mut table = Table::new(&[
+        "TIME", "EVENT", "ATTEMPT", "STATUS", "LATENCY", "OUTCOME", "ERROR",
+    ]);
+    for attempt in &attempts {
+        table.row(vec![
+            attempt.time.clone(),
+            format!("{}/{}/{}", attempt.topic, attempt.partition, attempt.offset),
+            attempt.attempt.to_string(),
+            attempt
+                .status
+                .map_or_else(|| "-".to_owned(), |status| status.to_string()),
+            format!("{:.1}ms", attempt.latency_ms),
+            attempt.outcome.clone(),
+            or_dash(attempt.error.as_deref()),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+async fn webhook(
+    client: &Client,
+    printer: Printer,
+    args: WebhookArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let mut push = serde_json::Map::new();
+    let fields = [
+        ("url", args.url.map(Value::from)),
+        ("secret", args.secret.map(Value::from)),
+        (
+            "rotate_secret",
+            args.rotate_secret.then_some(Value::Bool(true)),
+        ),
+        ("secret_grace", args.secret_grace.map(Value::from)),
+        ("timeout", args.timeout.map(Value::from)),
+        ("max_in_flight", args.max_in_flight.map(Value::from)),
+        ("content_mode", args.content_mode.map(Value::from)),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            push.insert(key.to_owned(), value);
+        }
+    }
+    let subscription = client.update_push(&args.name, &Value::Object(push)).await?;
+    if printer.json() {
+        return write_json(out, &subscription);
+    }
+    writeln!(out, "updated webhook subscription {}", subscription.name)?;
+    write_new_secret(out, &subscription)?;
+    Ok(())
+}
+
+/// Prints a push secret the server shows this once.
+fn write_new_secret(out: &mut dyn Write, subscription: &Subscription) -> Result<(), CommandError> {
+    if let Some(secret) = subscription
+        .push
+        .as_ref()
+        .and_then(|push| push.get("secret"))
+        .and_then(Value::as_str)
+    {
+        writeln!(
+            out,
+            "webhook secret (shown only now; receivers verify webhook-signature with it): {secret}"
+        )?;
+    }
+    Ok(())
 }
 
 async fn subscription_create(
@@ -540,7 +621,22 @@ async fn subscription_create(
         dead_letter_topic: args.dead_letter_topic,
         retry,
         ordering: args.ordering,
-        push: None,
+        push: args.push.map(|url| {
+            let mut push = serde_json::Map::new();
+            push.insert("url".into(), Value::from(url));
+            let optional = [
+                ("secret", args.push_secret.map(Value::from)),
+                ("timeout", args.push_timeout.map(Value::from)),
+                ("max_in_flight", args.push_max_in_flight.map(Value::from)),
+                ("content_mode", args.push_content_mode.map(Value::from)),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    push.insert(key.to_owned(), value);
+                }
+            }
+            Value::Object(push)
+        }),
     };
     let (subscription, created) = client.create_subscription(&args.name, &settings).await?;
     if printer.json() {
@@ -548,6 +644,7 @@ async fn subscription_create(
     }
     if created {
         writeln!(out, "created subscription {}", subscription.name)?;
+        write_new_secret(out, &subscription)?;
     } else {
         writeln!(
             out,
@@ -609,7 +706,17 @@ fn write_subscription(
             ));
         }
         if let Some(push) = &stats.push {
-            fields.push(("push state", value_text(Some(push))));
+            let field = |name: &str| value_text(push.get(name));
+            fields.push(("webhook state", field("state")));
+            fields.push(("webhook last error", field("last_error")));
+            fields.push((
+                "webhook attempts",
+                format!(
+                    "{} delivered, {} failed since the server started",
+                    field("attempts_delivered"),
+                    field("attempts_failed")
+                ),
+            ));
         }
         fields.push(("consumers", stats.consumers.len().to_string()));
     }

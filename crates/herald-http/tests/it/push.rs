@@ -680,7 +680,11 @@ async fn events_of_one_key_arrive_in_order_even_when_attempts_fail() {
             .iter()
             .any(|earlier| earlier.webhook_id() == request.webhook_id());
         Reply {
-            status: if id.is_multiple_of(3) && !seen { 500 } else { 200 },
+            status: if id.is_multiple_of(3) && !seen {
+                500
+            } else {
+                200
+            },
             retry_after: None,
             delay: Duration::from_millis(2),
         }

@@ -977,3 +977,98 @@ fn serve_exits_1_naming_an_address_in_use() {
     );
     drop(taken);
 }
+
+#[test]
+fn webhook_commands_send_push_settings_print_the_secret_once_and_list_attempts() {
+    let created = r#"{"name":"hook","topics":["orders"],"mode":"queue","push":{"url":"https://example.com/hook","secret":"whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0","timeout":"5s","max_in_flight":4,"content_mode":"binary","previous_secret_until":null}}"#;
+    let attempts = r#"{"attempts":[{"time":"2026-11-01T00:00:01Z","webhook_id":"msg_1_2_0_7","topic":"orders","partition":0,"offset":7,"attempt":2,"status":null,"latency_ms":10000.4,"error":"no answer within the timeout (10000 ms)","outcome":"failed"},{"time":"2026-11-01T00:00:00Z","webhook_id":"msg_1_2_0_6","topic":"orders","partition":0,"offset":6,"attempt":1,"status":204,"latency_ms":1.25,"error":null,"outcome":"delivered"}]}"#;
+    let rotated = created.replace(
+        "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0",
+        "bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmV3",
+    );
+    let server = FakeServer::start(vec![
+        Reply::json(201, created),
+        Reply::json(200, attempts),
+        Reply::json(200, &rotated),
+    ]);
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "create",
+        "hook",
+        "--topic",
+        "orders",
+        "--push",
+        "https://example.com/hook",
+        "--push-timeout",
+        "5s",
+        "--push-max-in-flight",
+        "4",
+        "--push-content-mode",
+        "binary",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "created subscription hook\n\
+         webhook secret (shown only now; receivers verify webhook-signature with it): whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n"
+    );
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "attempts",
+        "hook",
+        "--limit",
+        "2",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "TIME                  EVENT       ATTEMPT  STATUS  LATENCY    OUTCOME    ERROR\n\
+         2026-11-01T00:00:01Z  orders/0/7  2        -       10000.4ms  failed     no answer within the timeout (10000 ms)\n\
+         2026-11-01T00:00:00Z  orders/0/6  1        204     1.2ms      delivered  -\n"
+    );
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "webhook",
+        "hook",
+        "--rotate-secret",
+        "--secret-grace",
+        "1h",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("whsec_bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmV3"));
+    // --push-secret needs --push.
+    let output = herald(&[
+        "--server",
+        &server.url,
+        "sub",
+        "create",
+        "plain",
+        "--topic",
+        "orders",
+        "--push-secret",
+        "whsec_x",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let requests = server.requests();
+    assert_eq!(
+        requests[0].json(),
+        json!({"topics": ["orders"], "push": {"url": "https://example.com/hook", "timeout": "5s", "max_in_flight": 4, "content_mode": "binary"}})
+    );
+    assert_eq!(requests[1].method, "GET");
+    assert_eq!(
+        requests[1].target,
+        "/v1/subscriptions/hook/attempts?limit=2"
+    );
+    assert_eq!(requests[2].method, "PATCH");
+    assert_eq!(requests[2].target, "/v1/subscriptions/hook");
+    assert_eq!(
+        requests[2].json(),
+        json!({"push": {"rotate_secret": true, "secret_grace": "1h"}})
+    );
+}

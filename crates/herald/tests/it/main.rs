@@ -10,6 +10,7 @@ mod crash_loop;
 mod full_disk;
 mod kill;
 mod memory;
+mod push_kill;
 mod real_server;
 mod tour;
 // One scripted HTTP server for both crates' tests.
