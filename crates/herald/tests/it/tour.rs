@@ -262,6 +262,8 @@ fn the_readme_tour_works_end_to_end() {
         .unwrap();
     assert_eq!(status["status"], "replied");
 
+    webhook_part(&server);
+
     // After a restart the group resumes after its commit: nothing to pull.
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
@@ -285,6 +287,55 @@ fn the_readme_tour_works_end_to_end() {
     assert_eq!(error.lines().count(), 1, "{error}");
     assert!(error.starts_with("error: 404"), "{error}");
     server.terminate();
+}
+
+/// The webhook part: a subscription pushing to the README's receiver (examples/), which
+/// verifies every signature; events sent before the receiver is up are retried.
+fn webhook_part(server: &RealServer) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    // herald sub create billing --topic orders --start earliest --push http://127.0.0.1:9000/hooks
+    let output = text(&server.cli(&[
+        "sub", "create", "billing", "--topic", "orders", "--start", "earliest", "--push", &url,
+    ]));
+    let secret = output
+        .split_whitespace()
+        .find(|word| word.starts_with("whsec_"))
+        .unwrap_or_else(|| panic!("the secret is printed: {output}"))
+        .to_owned();
+    // WEBHOOK_SECRET=whsec_… python3 examples/webhook-receiver.py 9000
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/webhook-receiver.py"
+    );
+    let mut receiver = std::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .env("WEBHOOK_SECRET", &secret)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example receiver");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
+    let mut verified = std::collections::BTreeSet::new();
+    // The tour's two orders: order-1 and the CLI's publish.
+    while verified.len() < 2 {
+        let line = lines
+            .next()
+            .expect("the receiver prints each verified event")
+            .unwrap();
+        assert!(line.starts_with("verified "), "{line}");
+        verified.insert(line.split(' ').nth(1).unwrap().to_owned());
+    }
+    assert!(verified.contains("order-1"), "{verified:?}");
+    // herald sub attempts billing
+    let output = text(&server.cli(&["sub", "attempts", "billing"]));
+    assert!(output.contains("delivered"), "{output}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
 }
 
 /// `herald pull pricing --consumer pricer-1 --max 1 --ack --output json`: the request id is the
