@@ -132,6 +132,13 @@ pub(crate) fn json_body<T: DeserializeOwned>(
             "the body is empty; send a JSON object",
         ));
     }
+    // serde would read a struct from an array of its fields in order (`[{}]` as `{"push": {}}`);
+    // every body of this API is an object.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::bad_request(
+            "the body must be a JSON object ({...})",
+        ));
+    }
     serde_json::from_slice(body).map_err(|error| {
         let reason = match error.classify() {
             serde_json::error::Category::Data => format!("the JSON does not fit: {error}"),

@@ -70,7 +70,7 @@ const CONTENT_TYPES: [Option<&str>; 7] = [
 ];
 
 /// Every endpoint that takes a body, aimed at things that exist.
-const ENDPOINTS: [(&str, &str); 14] = [
+const ENDPOINTS: [(&str, &str); 15] = [
     ("PUT", "/v1/topics/kept"),
     ("POST", "/v1/topics/kept/events"),
     ("PUT", "/v1/subscriptions/idle"),
@@ -83,6 +83,7 @@ const ENDPOINTS: [(&str, &str); 14] = [
     ("POST", "/v1/subscriptions/idle/redrive"),
     ("POST", "/v1/subscriptions/kept-stream/pull"),
     ("POST", "/v1/subscriptions/kept-stream/seek"),
+    ("PATCH", "/v1/subscriptions/hook"),
     ("POST", "/v1/topics/kept/requests"),
     ("POST", "/v1/requests/01JDZZZZZZZZZZZZZZZZZZZZZZ/reply"),
 ];
@@ -149,6 +150,14 @@ async fn a_corpus_of_malformed_requests_gets_4xx_problems_and_changes_nothing() 
             json!({"topics": ["empty"], "mode": "stream"}),
         )
         .await;
+    // A webhook to a port nobody listens on (the topic stays empty: nothing is sent).
+    let hook = server
+        .put_json(
+            "/v1/subscriptions/hook",
+            json!({"topics": ["empty"], "push": {"url": "http://127.0.0.1:9/hooks"}}),
+        )
+        .await;
+    assert_eq!(hook.status, StatusCode::CREATED);
     let before = snapshot(&server).await;
 
     let mut tried = 0;
@@ -218,6 +227,8 @@ async fn a_corpus_of_malformed_requests_gets_4xx_problems_and_changes_nothing() 
             ("GET", format!("/v1/topics/{name}/events")),
             ("PUT", format!("/v1/subscriptions/{name}")),
             ("POST", format!("/v1/subscriptions/{name}/pull")),
+            ("PATCH", format!("/v1/subscriptions/{name}")),
+            ("GET", format!("/v1/subscriptions/{name}/attempts")),
             ("POST", format!("/v1/topics/{name}/requests")),
             ("GET", format!("/v1/requests/{name}")),
             ("POST", format!("/v1/requests/{name}/reply")),

@@ -133,7 +133,8 @@ async fn malformed_topic_requests_get_a_clear_4xx_and_change_nothing() {
         ),
         (json!({"retention": {"max_bytes": 0}}), "at least 1"),
         (json!({"partitons": 2}), "unknown field"),
-        (json!([1, 2]), "does not fit"),
+        (json!([1, 2]), "must be a JSON object"),
+        (json!([2]), "must be a JSON object"),
     ];
     for (body, expected) in cases {
         let answer = server.put_json("/v1/topics/orders", body.clone()).await;
