@@ -1467,13 +1467,19 @@ impl Broker {
 
     /// Changes a push subscription's settings (`change` edits a copy), durably, and returns the
     /// subscription as it is now. Only `push` can change; everything else stays as created.
+    /// With `expected_id`, only that very subscription is changed (not one created since with
+    /// the same name).
     pub async fn update_push(
         &self,
         name: &str,
+        expected_id: Option<u64>,
         change: impl FnOnce(&mut PushSpec) -> Result<(), BrokerError>,
     ) -> Result<Arc<Subscription>, BrokerError> {
         let _admin = self.admin.lock().await;
         let existing = self.subscription(name)?;
+        if expected_id.is_some_and(|id| id != existing.id) {
+            return Err(BrokerError::SubscriptionNotFound(name.to_owned()));
+        }
         let Some(mut push) = existing.spec.push.clone() else {
             return Err(BrokerError::Invalid(format!(
                 "{name:?} is not a push subscription; only a push subscription's \"push\" settings can be changed"
@@ -1521,12 +1527,24 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
+        self.pull_from(&subscription, consumer, max, wait).await
+    }
+
+    /// Pull from this very subscription (not whichever has its name by then): once it is
+    /// deleted, `SubscriptionNotFound`, also when another one was created with the same name.
+    pub async fn pull_from(
+        &self,
+        subscription: &Subscription,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<stream::Delivery>, BrokerError> {
         match &*subscription.group {
             Group::Stream(group) => {
-                stream::pull(self, &subscription, group, consumer, max, wait).await
+                stream::pull(self, subscription, group, consumer, max, wait).await
             }
             Group::Queue(group) => {
-                queue::pull(self, &subscription, group, consumer, max, wait).await
+                queue::pull(self, subscription, group, consumer, max, wait).await
             }
         }
     }

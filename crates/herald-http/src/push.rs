@@ -224,7 +224,7 @@ pub async fn patch_subscription(
     let now_ms = broker.clock_ms();
     let mut rotated = false;
     let subscription = broker
-        .update_push(&name, |push| {
+        .update_push(&name, None, |push| {
             rotated = apply_patch(patch, new_secret, grace, now_ms, push)?;
             Ok(())
         })

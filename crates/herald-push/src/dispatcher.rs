@@ -378,7 +378,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
         tracing::trace!(subscription = %name, max, "push: pulling");
         let deliveries = match inner
             .broker
-            .pull(&name, CONSUMER, max as usize, PULL_WAIT, None)
+            .pull_from(&subscription, CONSUMER, max as usize, PULL_WAIT)
             .await
         {
             Ok(deliveries) => deliveries,
@@ -523,7 +523,7 @@ async fn attempt(
             herald_core::time::format_rfc3339(time_ms)
         );
         let disabled = broker
-            .update_push(&subscription.name, |push| {
+            .update_push(&subscription.name, Some(subscription.id), |push| {
                 if push.disabled.is_none() {
                     push.disabled = Some(reason);
                 }
