@@ -1651,14 +1651,22 @@ fn check_push(push: &PushSpec, ack_timeout_ms: u64) -> Result<(), BrokerError> {
             push.max_in_flight
         )));
     }
-    // A request may not outlive its lease, or the event could be delivered twice at once.
-    if push.timeout_ms == 0 || push.timeout_ms >= ack_timeout_ms {
+    let timeout_max_ms = push_timeout_max_ms(ack_timeout_ms);
+    if push.timeout_ms == 0 || push.timeout_ms > timeout_max_ms {
         return Err(BrokerError::Invalid(format!(
-            "push.timeout must be at least 1ms and shorter than ack_timeout ({ack_timeout_ms}ms), so a request never outlives its lease; it is {}ms",
+            "push.timeout must be between 1ms and {timeout_max_ms}ms with ack_timeout {ack_timeout_ms}ms (a request and its ack must end before the lease does: the timeout leaves 1s or a tenth of ack_timeout, whichever is longer); it is {}ms",
             push.timeout_ms
         )));
     }
     Ok(())
+}
+
+/// The longest `push.timeout` for a lease of `ack_timeout_ms`: a request and the commit of its
+/// ack must end before the lease does, or the event is sent again while the first is answered.
+/// The margin is 1 s or a tenth of the lease, whichever is longer (0 when the lease is 1 s or
+/// shorter: such a subscription cannot push).
+pub fn push_timeout_max_ms(ack_timeout_ms: u64) -> u64 {
+    ack_timeout_ms.saturating_sub((ack_timeout_ms / 10).max(1000))
 }
 
 /// True when a queue subscription reads `topic` (by its patterns, or as its redrive topic).

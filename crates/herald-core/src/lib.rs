@@ -36,6 +36,6 @@ pub mod time;
 pub use broker::{
     ACK_TIMEOUT_MAX_MS, Broker, BrokerConfig, BrokerError, EventToPublish, PUSH_IN_FLIGHT_MAX,
     PUSH_URL_BYTES_MAX, Published, ReadFrom, ReadOutcome, StoredEvent, Subscription,
-    SubscriptionStats, Tail, Topic, TopicInfo, TopicSettings,
+    SubscriptionStats, Tail, Topic, TopicInfo, TopicSettings, push_timeout_max_ms,
 };
 pub use store::{LocalStore, Store, StoreError};

@@ -935,6 +935,9 @@ pub enum Settle {
     Reject {
         reason: String,
     },
+    /// Gives the lease back untried: pending again at once, its attempt not counted (deliveries
+    /// that Herald's own consumer leased but decided not to send).
+    Release,
 }
 
 pub(crate) async fn settle(
@@ -1023,6 +1026,16 @@ pub(crate) async fn settle(
                     {
                         *deadline = deadline_ms.saturating_add(by_ms).min(cap);
                     }
+                }
+                Settle::Release => {
+                    let slot = state
+                        .partitions
+                        .get_mut(&key)
+                        .and_then(|entry| entry.slots.get_mut(&receipt.offset))
+                        .expect("found above");
+                    slot.attempts = slot.attempts.saturating_sub(1);
+                    slot.state = SlotState::Pending { not_before_ms: 0 };
+                    state.delivered = state.delivered.saturating_sub(1);
                 }
                 Settle::Reject { reason } => {
                     let slot = state

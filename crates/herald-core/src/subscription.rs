@@ -68,7 +68,8 @@ pub enum ContentMode {
 
 /// A webhook subscription's delivery settings, and its two pieces of state that must survive a
 /// restart: the previous secret during a rotation, and whether the endpoint disabled it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Debug` leaves the secrets out, so they never reach a log.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushSpec {
     pub url: String,
     /// `whsec_` + base64 of the signing key.
@@ -84,6 +85,25 @@ pub struct PushSpec {
     /// Why deliveries stopped (the endpoint answered 410 Gone); `None` while enabled.
     #[serde(default)]
     pub disabled: Option<String>,
+}
+
+impl std::fmt::Debug for PushSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PushSpec")
+            .field("url", &self.url)
+            .field("secret", &"(hidden)")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "(hidden)"),
+            )
+            .field("previous_secret_until_ms", &self.previous_secret_until_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("content_mode", &self.content_mode)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
 }
 
 impl PushSpec {

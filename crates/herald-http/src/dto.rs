@@ -178,7 +178,8 @@ pub struct PushRequest {
     pub url: String,
     /// `whsec_` + base64 of a 24–64 byte key; generated when absent and shown once.
     pub secret: Option<String>,
-    /// Time for one attempt (default 10s, or half of `ack_timeout` if that is shorter).
+    /// Time for one attempt (default 10s; at most `ack_timeout` minus 1s or a tenth of it,
+    /// whichever is longer).
     #[schema(example = "10s")]
     pub timeout: Option<String>,
     /// Most requests at once (1–1000, default 16).

@@ -86,6 +86,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// How long a shutdown waits for webhook requests under way (and their acks).
+const PUSH_DRAIN_MAX: Duration = Duration::from_secs(30);
+
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -249,8 +252,21 @@ pub async fn serve(
         push_config.allow_private_networks = allow;
     }
     push_config.attempts_kept = config.push_attempts_kept;
+    if push_config.allow_private_networks {
+        tracing::info!(
+            "webhooks may go to private, loopback and link-local addresses (push.allow_private_networks; the default for a server on loopback: behind a proxy, set it to false)"
+        );
+    }
     let dispatcher = herald_push::Dispatcher::start(broker.clone(), push_config)?;
     let _ = app.push.set(dispatcher.clone());
+    {
+        // No new webhook requests once shutdown begins.
+        let (app, dispatcher) = (app.clone(), dispatcher.clone());
+        tokio::spawn(async move {
+            app.shutting_down().await;
+            dispatcher.shutdown();
+        });
+    }
     let _ = app.broker.set(broker.clone());
     let retention = {
         let broker = broker.clone();
@@ -265,7 +281,7 @@ pub async fn serve(
         })
     };
     let served = server.await;
-    dispatcher.shutdown();
+    dispatcher.stopped(PUSH_DRAIN_MAX).await;
     retention.abort();
     let _ = retention.await;
     broker.shutdown().await?;

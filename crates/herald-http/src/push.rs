@@ -23,7 +23,8 @@ use crate::time::format_rfc3339;
 
 type Result<T> = std::result::Result<T, Problem>;
 
-/// Default time for one attempt (shortened to half the lease when `ack_timeout` is shorter).
+/// Default time for one attempt (shortened to fit a short `ack_timeout`, see
+/// `push_timeout_max_ms`).
 const PUSH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default requests at once per subscription.
 const PUSH_IN_FLIGHT_DEFAULT: u32 = 16;
@@ -87,7 +88,9 @@ pub(crate) fn to_push_spec(
     };
     let timeout_ms = match request.timeout {
         Some(text) => millis(parse_duration_field("push.timeout", &text)?),
-        None => millis(PUSH_TIMEOUT_DEFAULT).min(spec.ack_timeout_ms / 2),
+        None => {
+            millis(PUSH_TIMEOUT_DEFAULT).min(herald_core::push_timeout_max_ms(spec.ack_timeout_ms))
+        }
     };
     Ok(PushSpec {
         url: request.url,

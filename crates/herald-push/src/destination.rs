@@ -12,13 +12,32 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 pub fn private_reason(address: IpAddr) -> Option<&'static str> {
     match address {
         IpAddr::V4(v4) => private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return private_v4(v4);
-            }
-            private_v6(v6)
-        }
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => private_v4(v4),
+            None => private_v6(v6),
+        },
     }
+}
+
+/// The IPv4 address inside an IPv6 one that reaches it: mapped (`::ffff:a.b.c.d`), compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::/16`).
+fn embedded_v4(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    let segments = address.segments();
+    let octets = address.octets();
+    let last_four = Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+    if let Some(v4) = address.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if segments[..6] == [0, 0, 0, 0, 0, 0] && !address.is_loopback() && !address.is_unspecified() {
+        return Some(last_four);
+    }
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..3] == [0x64, 0xff9b, 1] {
+        return Some(last_four);
+    }
+    if segments[0] == 0x2002 {
+        return Some(Ipv4Addr::new(octets[2], octets[3], octets[4], octets[5]));
+    }
+    None
 }
 
 fn private_v4(address: Ipv4Addr) -> Option<&'static str> {
@@ -37,6 +56,12 @@ fn private_v4(address: Ipv4Addr) -> Option<&'static str> {
         Some("broadcast")
     } else if first == 100 && (64..128).contains(&second) {
         Some("shared (carrier-grade NAT)")
+    } else if first == 192 && second == 0 && address.octets()[2] == 0 {
+        Some("IETF protocol assignment")
+    } else if first == 198 && (18..20).contains(&second) {
+        Some("benchmarking")
+    } else if first >= 240 {
+        Some("reserved")
     } else {
         None
     }
@@ -51,6 +76,8 @@ fn private_v6(address: Ipv6Addr) -> Option<&'static str> {
         Some("private (unique local)")
     } else if address.is_unicast_link_local() {
         Some("link-local")
+    } else if address.segments()[0] & 0xffc0 == 0xfec0 {
+        Some("site-local")
     } else if address.is_multicast() {
         Some("multicast")
     } else {
@@ -160,6 +187,17 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::10.0.0.8",
+            "64:ff9b::a00:8",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b:1::a00:8",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "fec0::1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
         ] {
             let address: IpAddr = private.parse().unwrap();
             assert!(
@@ -173,6 +211,9 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::",
+            "192.0.2.1",
         ] {
             let address: IpAddr = public.parse().unwrap();
             assert_eq!(private_reason(address), None, "{public} is public");
@@ -189,6 +230,17 @@ mod tests {
         assert!(refused.contains("link-local"), "{refused}");
         assert!(check_url("http://[::1]:8080/", false).is_err());
         assert!(check_url("http://127.0.0.1:8080/", true).is_ok());
+        // The URL parser turns other spellings of an address into the address.
+        for spelled in [
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://017700000001/",
+            "http://127.1/",
+            "http://[::ffff:7f00:1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+        ] {
+            assert!(check_url(spelled, false).is_err(), "{spelled}");
+        }
     }
 
     #[tokio::test]

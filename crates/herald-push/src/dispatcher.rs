@@ -143,6 +143,9 @@ struct Endpoint {
     /// Requests under way; the endpoint's task waits on it for room.
     in_flight: watch::Sender<u32>,
     stop: watch::Sender<bool>,
+    /// The task that acks successful deliveries; it ends once the last attempt has handed in
+    /// its receipt, which is what a graceful stop waits for.
+    acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -248,12 +251,28 @@ impl Dispatcher {
         })
     }
 
-    /// Stops sending (attempts under way finish on their own; what they leave unacknowledged is
-    /// redelivered when its lease expires or after a restart).
+    /// Stops pulling new deliveries; attempts under way go on (see [`Dispatcher::stopped`]).
     pub fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         for endpoint in lock(&self.inner.endpoints).values() {
             endpoint.stop.send_replace(true);
+        }
+    }
+
+    /// Stops, and waits up to `within` for the attempts under way to end and their acks to be
+    /// committed. What is still unacknowledged after that is delivered again after the restart
+    /// (at least once).
+    pub async fn stopped(&self, within: Duration) {
+        self.shutdown();
+        let ackers: Vec<_> = lock(&self.inner.endpoints)
+            .values()
+            .filter_map(|endpoint| lock(&endpoint.acker).take())
+            .collect();
+        let all = futures_util::future::join_all(ackers);
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!(
+                "push: attempts still under way at shutdown; their events will be delivered again"
+            );
         }
     }
 }
@@ -270,7 +289,8 @@ async fn follow_subscriptions(inner: Arc<Inner>) {
             _ = stop.wait_for(|stopped| *stopped) => break,
         }
     }
-    for endpoint in std::mem::take(&mut *lock(&inner.endpoints)).values() {
+    // The endpoints stay in the map: a graceful stop waits for their attempts.
+    for endpoint in lock(&inner.endpoints).values() {
         endpoint.stop.send_replace(true);
     }
 }
@@ -301,14 +321,9 @@ fn reconcile(inner: &Arc<Inner>) {
                     if Arc::ptr_eq(current, &subscription) {
                         return false;
                     }
-                    let before = current.spec.push.as_ref();
-                    let after = subscription.spec.push.as_ref();
-                    // Re-enabled, or pointed elsewhere: the old endpoint's failures say nothing.
-                    if before.map(|push| (&push.url, push.disabled.is_some()))
-                        != after.map(|push| (&push.url, push.disabled.is_some()))
-                    {
-                        lock(&endpoint.status).breaker = Breaker::default();
-                    }
+                    // Changed settings (a PATCH: re-enabled, another URL, a new secret)
+                    // start with a closed circuit: the old failures may not apply.
+                    lock(&endpoint.status).breaker = Breaker::default();
                     *current = subscription.clone();
                     true
                 });
@@ -318,6 +333,7 @@ fn reconcile(inner: &Arc<Inner>) {
                     subscription: watch::Sender::new(subscription),
                     status: Mutex::new(EndpointStatus::default()),
                     in_flight: watch::Sender::new(0),
+                    acker: Mutex::new(None),
                     stop: watch::Sender::new(false),
                 });
                 endpoints.insert(name, endpoint.clone());
@@ -331,7 +347,8 @@ fn reconcile(inner: &Arc<Inner>) {
 async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
     let (acks, ack_queue) = mpsc::channel(ACK_QUEUE_MAX);
     let name = endpoint.subscription.borrow().name.clone();
-    tokio::spawn(run_acks(inner.broker.clone(), name.clone(), ack_queue));
+    let acker = tokio::spawn(run_acks(inner.broker.clone(), name.clone(), ack_queue));
+    *lock(&endpoint.acker) = Some(acker);
     let mut subscription_changes = endpoint.subscription.subscribe();
     let mut stop = endpoint.stop.subscribe();
     let mut in_flight_changes = endpoint.in_flight.subscribe();
@@ -353,6 +370,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
         let in_flight = *in_flight_changes.borrow_and_update();
         let gate = lock(&endpoint.status).breaker.gate(inner.broker.clock_ms());
         tracing::trace!(subscription = %name, ?gate, in_flight, "push: next step");
+        let free = push.max_in_flight.saturating_sub(in_flight);
         let max = match gate {
             Gate::WaitUntil(next_probe_ms) => {
                 let wait = next_probe_ms.saturating_sub(inner.broker.clock_ms());
@@ -366,7 +384,10 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
             // A probe goes out alone.
             Gate::Probe if in_flight > 0 => 0,
             Gate::Probe => 1,
-            Gate::Closed => push.max_in_flight.saturating_sub(in_flight),
+            // Pull in batches under load (a pull per finished request would cost a pull per
+            // event); at once when nothing is under way.
+            Gate::Closed if in_flight == 0 || free >= refill_at(push.max_in_flight) => free,
+            Gate::Closed => 0,
         };
         if max == 0 {
             tokio::select! {
@@ -375,7 +396,6 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
             }
             continue;
         }
-        tracing::trace!(subscription = %name, max, "push: pulling");
         let deliveries = match inner
             .broker
             .pull_from(&subscription, CONSUMER, max as usize, PULL_WAIT)
@@ -389,34 +409,85 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
                 continue;
             }
         };
-        for delivery in deliveries {
-            endpoint.in_flight.send_modify(|count| *count += 1);
-            let attempt = attempt(
+        // The circuit may have opened while the pull waited: send only what it allows now,
+        // and give the rest back untried (their attempt is not counted).
+        let allowed = match lock(&endpoint.status).breaker.gate(inner.broker.clock_ms()) {
+            Gate::Closed => deliveries.len(),
+            Gate::Probe if gate == Gate::Probe => 1,
+            _ => 0,
+        };
+        let mut deliveries = deliveries.into_iter();
+        for delivery in deliveries.by_ref().take(allowed) {
+            let guard = InFlight::start(&endpoint);
+            let attempt = tokio::spawn(attempt(
                 inner.clone(),
                 endpoint.clone(),
                 subscription.clone(),
-                push.clone(),
                 delivery,
                 acks.clone(),
                 gate == Gate::Probe,
-            );
+                guard,
+            ));
             if gate == Gate::Probe {
-                attempt.await;
-            } else {
-                tokio::spawn(attempt);
+                // One probe at a time: the next step waits for its result.
+                let _ = attempt.await;
             }
+        }
+        let held_back: Vec<String> = deliveries.map(|delivery| delivery.receipt).collect();
+        if !held_back.is_empty()
+            && let Err(error) = inner
+                .broker
+                .settle(&name, &held_back, Settle::Release)
+                .await
+        {
+            tracing::warn!(subscription = %name, %error, "push: could not give back deliveries; their leases expire instead");
         }
     }
 }
 
-/// Acknowledges successful deliveries in batches (every ack is one durable commit).
+/// Free requests at which the next pull is made while others are under way.
+fn refill_at(max_in_flight: u32) -> u32 {
+    (max_in_flight / 4).max(1)
+}
+
+/// Counts one request under way for as long as it lives (also if its task panics).
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn start(endpoint: &Arc<Endpoint>) -> Self {
+        endpoint.in_flight.send_modify(|count| *count += 1);
+        InFlight(endpoint.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+/// Acknowledges successful deliveries in batches (every ack is one durable commit). Ends when
+/// every sender is gone, after acknowledging what they sent.
 async fn run_acks(broker: Arc<Broker>, name: String, mut queue: mpsc::Receiver<String>) {
     let mut receipts = Vec::with_capacity(ACK_BATCH_MAX);
     while queue.recv_many(&mut receipts, ACK_BATCH_MAX).await > 0 {
-        // A failed ack leaves the leases to expire: the events are delivered again
-        // (at least once), never lost.
-        if let Err(error) = broker.ack(&name, &receipts, None).await {
-            tracing::warn!(subscription = %name, %error, "push: ack failed; the events will be delivered again");
+        // A failed or late ack leaves the event to come back: it is delivered again (at
+        // least once), never lost.
+        match broker.ack(&name, &receipts, None).await {
+            Ok(statuses) => {
+                let stale = statuses
+                    .iter()
+                    .filter(|status| **status != herald_core::stream::AckStatus::Ok)
+                    .count();
+                if stale > 0 {
+                    tracing::warn!(subscription = %name, stale, "push: acks came after their lease ended; those events will be delivered again");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(subscription = %name, %error, "push: ack failed; the events will be delivered again");
+            }
         }
         receipts.clear();
     }
@@ -429,25 +500,36 @@ struct Response {
     excerpt: String,
 }
 
+/// Why an attempt got no answer.
+enum SendError {
+    /// Herald could not make the request from the event: no use retrying.
+    Local(String),
+    /// The endpoint (or the way to it) failed.
+    Remote(String),
+}
+
 /// One HTTP attempt of one delivery, and what follows from its result.
 async fn attempt(
     inner: Arc<Inner>,
     endpoint: Arc<Endpoint>,
     subscription: Arc<Subscription>,
-    push: PushSpec,
     delivery: Delivery,
     acks: mpsc::Sender<String>,
     probe: bool,
+    _in_flight: InFlight,
 ) {
     let broker = &inner.broker;
     // The settings as they are now: a PATCH during the pull (a new secret) already counts.
-    let push = endpoint
-        .subscription
-        .borrow()
+    let current = endpoint.subscription.borrow().clone();
+    let Some(push) = current
         .spec
         .push
         .clone()
-        .unwrap_or(push);
+        .filter(|_| current.id == subscription.id)
+        .or_else(|| subscription.spec.push.clone())
+    else {
+        return;
+    };
     let time_ms = broker.clock_ms();
     let started = Instant::now();
     let webhook_id = format!(
@@ -459,6 +541,7 @@ async fn attempt(
     );
     let result = send(&inner, &push, &webhook_id, &delivery, time_ms).await;
     let latency_us = started.elapsed().as_micros() as u64;
+    let mut local = false;
     let (status, error, retry_after) = match result {
         Ok(response) if (200..300).contains(&response.status) => {
             (Some(response.status), None, None)
@@ -471,35 +554,40 @@ async fn attempt(
             }
             (Some(response.status), Some(error), response.retry_after)
         }
-        Err(error) => (None, Some(error), None),
+        Err(SendError::Remote(error)) => (None, Some(error), None),
+        Err(SendError::Local(error)) => {
+            local = true;
+            (None, Some(error), None)
+        }
     };
+    let gone = status == Some(410);
     let outcome = if error.is_none() {
         if acks.send(delivery.receipt.clone()).await.is_err() {
             tracing::warn!(subscription = %subscription.name, "push: stopped before the ack; the event will be delivered again");
         }
         AttemptOutcome::Delivered
-    } else if status == Some(410) {
-        AttemptOutcome::Disabled
-    } else if delivery.attempt >= subscription.spec.max_deliveries {
+    } else if local || delivery.attempt >= subscription.spec.max_deliveries {
         AttemptOutcome::DeadLettered
+    } else if gone {
+        AttemptOutcome::Disabled
     } else {
         AttemptOutcome::Failed
     };
     {
         let mut state = lock(&endpoint.status);
-        match outcome {
-            AttemptOutcome::Delivered => {
-                state.breaker.succeeded();
-                state.delivered += 1;
-            }
-            _ => {
-                let not_before_ms = retry_after.map(|delay| time_ms + delay.as_millis() as u64);
+        if outcome == AttemptOutcome::Delivered {
+            state.breaker.succeeded();
+            state.delivered += 1;
+        } else {
+            // An event Herald cannot send says nothing about the endpoint.
+            if !local {
+                let not_before_ms = retry_after.map(|delay| time_ms.saturating_add(millis(delay)));
                 state
                     .breaker
                     .failed(broker.clock_ms(), not_before_ms, probe);
-                state.failed += 1;
-                state.last_error = error.clone();
             }
+            state.failed += 1;
+            state.last_error = error.clone();
         }
         state.attempts.push_back(Attempt {
             time_ms,
@@ -517,15 +605,17 @@ async fn attempt(
             state.attempts.pop_front();
         }
     }
-    if outcome == AttemptOutcome::Disabled {
+    if gone {
         let reason = format!(
             "the endpoint answered 410 Gone at {}; PATCH the subscription to enable it again",
             herald_core::time::format_rfc3339(time_ms)
         );
+        // Only if the subscription still sends where this attempt went: a 410 from an old URL
+        // must not disable the one a PATCH just set.
         let disabled = broker
-            .update_push(&subscription.name, Some(subscription.id), |push| {
-                if push.disabled.is_none() {
-                    push.disabled = Some(reason);
+            .update_push(&subscription.name, Some(subscription.id), |current| {
+                if current.disabled.is_none() && current.url == push.url {
+                    current.disabled = Some(reason);
                 }
                 Ok(())
             })
@@ -534,36 +624,46 @@ async fn attempt(
             tracing::warn!(subscription = %subscription.name, %error, "push: could not disable after 410 Gone");
         }
     }
-    if outcome != AttemptOutcome::Delivered {
-        let delay = retry_after.map(|delay| delay.min(LEASE_MAX));
-        let nacked = broker
+    if let Some(error) = error {
+        let action = if local {
+            Settle::Reject {
+                reason: format!("Herald could not make the webhook request: {error}"),
+            }
+        } else {
+            Settle::Fail {
+                delay: retry_after.map(|delay| delay.min(LEASE_MAX)),
+                reason: error,
+            }
+        };
+        let settled = broker
             .settle(
                 &subscription.name,
                 std::slice::from_ref(&delivery.receipt),
-                Settle::Fail {
-                    delay,
-                    reason: error.unwrap_or_default(),
-                },
+                action,
             )
             .await;
-        if let Err(error) = nacked {
+        if let Err(error) = settled {
             tracing::warn!(subscription = %subscription.name, %error, "push: nack failed; the lease expires instead");
         }
     }
-    endpoint.in_flight.send_modify(|count| *count -= 1);
 }
 
-/// Sends one signed request; `Err` says why no response came.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sends one signed request.
 async fn send(
     inner: &Inner,
     push: &PushSpec,
     webhook_id: &str,
     delivery: &Delivery,
     now_ms: u64,
-) -> Result<Response, String> {
-    let url = destination::check_url(&push.url, inner.config.allow_private_networks)?;
-    let message =
-        message::build(&delivery.event.event, push.content_mode).map_err(|error| error.0)?;
+) -> Result<Response, SendError> {
+    let url = destination::check_url(&push.url, inner.config.allow_private_networks)
+        .map_err(SendError::Remote)?;
+    let message = message::build(&delivery.event.event, push.content_mode)
+        .map_err(|error| SendError::Local(error.0))?;
     let keys: Vec<Vec<u8>> = push
         .signing_secrets(now_ms)
         .filter_map(|secret| signature::secret_key(secret).ok())
@@ -590,11 +690,13 @@ async fn send(
     for (name, value) in &message.headers {
         request = request.header(name.as_str(), value.as_str());
     }
-    let mut response = request
-        .body(message.body)
-        .send()
-        .await
-        .map_err(|error| describe(&error, timeout))?;
+    let mut response = request.body(message.body).send().await.map_err(|error| {
+        if error.is_builder() {
+            SendError::Local(describe(&error, timeout))
+        } else {
+            SendError::Remote(describe(&error, timeout))
+        }
+    })?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -620,7 +722,7 @@ async fn send(
                 tracing::debug!(%error, "push: response body cut short");
                 break;
             }
-            Err(error) => return Err(describe(&error, timeout)),
+            Err(error) => return Err(SendError::Remote(describe(&error, timeout))),
         }
     }
     Ok(Response {
@@ -678,5 +780,9 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // An absurd value is capped where it is used, never an overflow.
+        let huge = parse_retry_after("18446744073709551615").unwrap();
+        assert_eq!(millis(huge), u64::MAX);
+        assert_eq!(huge.min(LEASE_MAX), LEASE_MAX);
     }
 }

@@ -39,8 +39,8 @@ fn binary(event: &Bytes) -> Result<Message, MessageError> {
         .map_err(|error| MessageError(format!("the stored event is not a JSON object: {error}")))?;
     let content_type = match attributes.remove("datacontenttype") {
         Some(Value::String(text)) => Some(text),
+        Some(Value::Null) | None => None,
         Some(other) => Some(other.to_string()),
-        None => None,
     };
     let data = attributes.remove("data");
     let data_base64 = attributes.remove("data_base64");
@@ -63,6 +63,8 @@ fn binary(event: &Bytes) -> Result<Message, MessageError> {
     let mut headers = Vec::with_capacity(attributes.len());
     for (name, value) in attributes {
         let text = match value {
+            // An attribute set to null is an attribute that is absent.
+            Value::Null => continue,
             Value::String(text) => text,
             other => other.to_string(),
         };
@@ -160,6 +162,12 @@ mod tests {
             message.content_type.as_deref(),
             Some("application/octet-stream")
         );
+        let nulls = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":null,"datacontenttype":null,"data":{"a":1}}"#,
+        );
+        let message = build(&nulls, ContentMode::Binary).unwrap();
+        assert_eq!(header(&message, "ce-subject"), None);
+        assert_eq!(message.content_type.as_deref(), Some("application/json"));
         let empty =
             Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#);
         assert!(build(&empty, ContentMode::Binary).unwrap().body.is_empty());

@@ -270,7 +270,8 @@ pub struct WebhookArgs {
     /// A new endpoint URL.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// A new secret (`whsec_` + base64); the old one keeps signing for --secret-grace.
+    /// A new secret (`whsec_` + base64); the old one keeps signing for --secret-grace. (A flag
+    /// shows in `ps` and the shell's history: --rotate-secret avoids that.)
     #[arg(long, value_name = "SECRET", conflicts_with = "rotate_secret")]
     pub secret: Option<String>,
     /// Let the server generate a new secret (printed once).
@@ -346,7 +347,8 @@ pub struct SubCreateArgs {
     /// Standard Webhooks headers) and acks it on a 2xx.
     #[arg(long, value_name = "URL", help_heading = "Webhook")]
     pub push: Option<String>,
-    /// The signing secret, `whsec_` + base64 [server default: generated, printed once].
+    /// The signing secret, `whsec_` + base64 [server default: generated, printed once]. (A
+    /// flag shows in `ps` and the shell's history: letting the server generate it avoids that.)
     #[arg(
         long,
         value_name = "SECRET",

@@ -744,6 +744,11 @@ async fn private_destinations_are_refused_unless_allowed() {
         "http://169.254.169.254/latest/meta-data".to_owned(),
         "http://10.0.0.8/hooks".to_owned(),
         "http://[::1]:8080/hooks".to_owned(),
+        // Other spellings of private addresses.
+        "http://2130706433/hooks".to_owned(),
+        "http://0x7f.1/hooks".to_owned(),
+        "http://[::ffff:7f00:1]/hooks".to_owned(),
+        "http://[64:ff9b::a00:8]/hooks".to_owned(),
     ] {
         let refused = server
             .put_json(
@@ -866,8 +871,12 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
             "max_in_flight",
         ),
         (
-            json!({"topics": ["a"], "push": {"url": url, "timeout": "30s"}}),
-            "shorter than ack_timeout",
+            json!({"topics": ["a"], "push": {"url": url, "timeout": "27001ms"}}),
+            "between 1ms and 27000ms",
+        ),
+        (
+            json!({"topics": ["a"], "ack_timeout": "1s", "push": {"url": url}}),
+            "between 1ms and 0ms",
         ),
         (
             json!({"topics": ["a"], "push": {"url": url, "timeout": "0s"}}),
@@ -911,12 +920,12 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
     let edge = create(
         &server,
         "edge",
-        json!({"topics": ["a"], "ack_timeout": "2s", "push": {"url": long_url, "max_in_flight": 1000, "timeout": "1999ms",
+        json!({"topics": ["a"], "ack_timeout": "2s", "push": {"url": long_url, "max_in_flight": 1000, "timeout": "1s",
                "secret": format!("whsec_{}", BASE64.encode([1u8; 64]))}}),
     )
     .await;
     assert_eq!(edge["push"]["max_in_flight"], 1000);
-    assert_eq!(edge["push"]["timeout"], "1999ms");
+    assert_eq!(edge["push"]["timeout"], "1s");
     // The default timeout fits a short lease.
     let short = create(
         &server,
@@ -924,7 +933,7 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
         json!({"topics": ["a"], "ack_timeout": "4s", "push": {"url": url, "secret": format!("whsec_{}", BASE64.encode([1u8; 24]))}}),
     )
     .await;
-    assert_eq!(short["push"]["timeout"], "2s");
+    assert_eq!(short["push"]["timeout"], "3s");
 
     // PUT again: the same settings are 200 (the secret not shown), others 409.
     let again = server
@@ -970,9 +979,9 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
         ),
         (
             "short",
-            json!({"push": {"timeout": "4s"}}),
+            json!({"push": {"timeout": "3001ms"}}),
             400,
-            "shorter than ack_timeout",
+            "between 1ms and 3000ms",
         ),
         (
             "short",
@@ -1005,7 +1014,7 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
         assert!(detail.contains(expected), "{name} {body}: {detail}");
     }
     let unchanged = server.get("/v1/subscriptions/short").await;
-    assert_eq!(unchanged.body["push"]["timeout"], "2s");
+    assert_eq!(unchanged.body["push"]["timeout"], "3s");
     assert_eq!(unchanged.body["push"]["previous_secret_until"], Value::Null);
     let grace_edge = patch(
         &server,
@@ -1034,4 +1043,103 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
         .await;
     assert_eq!(empty.status, StatusCode::OK);
     assert_eq!(empty.body["attempts"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_lets_requests_under_way_finish_and_acks_them() {
+    let server = Server::start().await;
+    let receiver = Receiver::start(|_, _| Reply {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_millis(500),
+    })
+    .await;
+    create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "push": {"url": receiver.url}}),
+    )
+    .await;
+    let events: Vec<Value> = (0..5).map(|n| event(&n.to_string(), json!(n))).collect();
+    publish(&server, "orders", &events).await;
+    receiver
+        .wait_for("five requests under way", |received| received.len() == 5)
+        .await;
+    // Stop while all five wait for their answers, then start again.
+    let server = server.restart().await;
+    // All five were acked before the stop: nothing is pending after the restart.
+    let stats = server.get("/v1/subscriptions/hook").await.body["stats"].clone();
+    assert_eq!(stats["backlog"], 0, "{stats}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 5, "nothing is sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_from_the_old_url_does_not_disable_the_url_a_patch_just_set() {
+    let server = Server::start().await;
+    let old = Receiver::start(|_, _| Reply {
+        status: 410,
+        retry_after: None,
+        delay: Duration::from_millis(300),
+    })
+    .await;
+    let new = Receiver::start(|_, _| Reply::status(200)).await;
+    create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "retry": {"initial": "10ms", "max": "10ms"}, "push": {"url": old.url}}),
+    )
+    .await;
+    publish(&server, "orders", &[event("moved", json!(1))]).await;
+    old.wait_for("the request to the old URL", |received| received.len() == 1)
+        .await;
+    let moved = patch(&server, "hook", json!({"push": {"url": new.url}})).await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    new.wait_for("the event at the new URL", |received| received.len() == 1)
+        .await;
+    let stats = wait_for_stats(&server, "hook", "the ack", |stats| stats["acked"] == 1).await;
+    assert_eq!(stats["push"]["state"], "healthy", "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_herald_cannot_send_is_dead_lettered_at_once_without_blaming_the_endpoint() {
+    let server = Server::start().await;
+    let receiver = Receiver::start(|_, _| Reply::status(200)).await;
+    create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "push": {"url": receiver.url, "content_mode": "binary"}}),
+    )
+    .await;
+    // A content type no HTTP header can carry.
+    let mut unsendable = event("unsendable", json!("x"));
+    unsendable["datacontenttype"] = json!("text/plain\u{1}");
+    // (The event itself is valid: attributes are strings.)
+    publish(&server, "orders", &[unsendable]).await;
+    publish(&server, "orders", &[event("fine", json!(1))]).await;
+    let stats = wait_for_stats(&server, "hook", "one dead letter and one ack", |stats| {
+        stats["dead_lettered"] == 1 && stats["acked"] == 1
+    })
+    .await;
+    assert_eq!(stats["push"]["state"], "healthy", "{stats}");
+    let dead = server.read("hook.dlq", 0, 0).await;
+    let reason = dead.body["events"][0]["event"]["deadletterreason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("could not make the webhook request"),
+        "{reason}"
+    );
+    let recorded = attempts(&server, "hook").await;
+    let failed = recorded
+        .iter()
+        .find(|attempt| attempt["outcome"] == "dead_lettered")
+        .unwrap();
+    assert_eq!(failed["attempt"], 1);
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "only the sendable event arrived"
+    );
 }
