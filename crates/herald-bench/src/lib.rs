@@ -18,6 +18,9 @@
 //! - [`request_bench`]: the `herald-bench request` run: action/response round trips (request →
 //!   responder pulling and replying → 200), closed loops of 1 and 16 requesters and an open loop
 //!   at a fixed rate.
+//! - [`push_bench`]: the `herald-bench push` run: webhook (push) subscriptions delivering a
+//!   backlog to a receiver in this process (deliveries/s with 1 and 16 subscriptions, CPU of the
+//!   server and of the bench), and the publish-to-receipt latency at a fixed rate.
 //! - [`herald_process`]: starting, watching and stopping a `herald serve` process.
 //! - [`raw_disk`]: the baselines: plain `write` (+ `fdatasync`) and `pread` loops with no log.
 //! - [`workload`]: the records and batches every case and the criterion benches use, and the
@@ -37,6 +40,7 @@ pub mod log_bench;
 pub mod machine;
 pub mod publish_bench;
 pub mod publish_load;
+pub mod push_bench;
 pub mod queue_bench;
 pub mod raw_disk;
 pub mod report;

@@ -11,6 +11,7 @@ use herald_bench::herald_process;
 use herald_bench::log_bench::{self, Options};
 use herald_bench::machine::default_scratch_root;
 use herald_bench::publish_bench::{self, PublishOptions, ServerChoice};
+use herald_bench::push_bench::{self, PushOptions};
 use herald_bench::queue_bench::{self, QueueOptions};
 use herald_bench::request_bench::{self, RequestOptions};
 
@@ -34,6 +35,10 @@ enum Command {
     /// Action/response of the real `herald serve`: request → responder (pull, reply, ack) → 200
     /// round trips, with 1 and 16 concurrent requesters and at a fixed rate.
     Request(RequestArgs),
+    /// Webhook (push) subscriptions of the real `herald serve`: deliveries/s of a backlog to a
+    /// receiver in this process that answers 204 at once (1 and 16 subscriptions), then the
+    /// publish-to-receipt latency at a fixed rate.
+    Push(PushArgs),
     /// Side by side: the same workloads against Herald (fsync always and never) and the peers
     /// running on this machine (NATS JetStream, RabbitMQ, PostgreSQL, Redis Streams).
     Compare(CompareArgs),
@@ -291,6 +296,85 @@ struct QueueArgs {
     allow_tmpfs: bool,
 }
 
+#[derive(Debug, Args)]
+struct PushArgs {
+    /// Events of the backlog delivered to one subscription [default: 100000, or 2000 with
+    /// --quick].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Subscriptions of the fan-out case, all on one topic: every event is delivered this many
+    /// times.
+    #[arg(long, default_value_t = 16)]
+    fanout: u32,
+    /// Events of the fan-out case's backlog [default: 6000, or 200 with --quick].
+    #[arg(long)]
+    fanout_events: Option<u64>,
+    /// `push.max_in_flight` of every subscription: requests at once per subscription.
+    #[arg(long, default_value_t = 16)]
+    max_in_flight: u32,
+    /// `push.content_mode` of every subscription.
+    #[arg(long, value_enum, default_value_t = PushContentMode::Structured)]
+    content_mode: PushContentMode,
+    /// Events per publish request while filling a backlog (each request is one batch frame in
+    /// the log).
+    #[arg(long, default_value_t = 100)]
+    backlog_batch: u32,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Bytes of each event's JSON.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Events per second of the latency case.
+    #[arg(long, default_value_t = 2000)]
+    latency_rate: u32,
+    /// Events per publish request of the latency case.
+    #[arg(long, default_value_t = 1)]
+    latency_batch: u32,
+    /// Seconds of publishing in the latency case [default: 10, or 1 with --quick].
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// The parts to run, comma-separated [default: all]: one, fanout, latency.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<PushPart>,
+    /// The fsync policy of the server [default: always].
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// Worker threads of the receiver and load generator (they share the cores with the
+    /// server).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Small sizes: checks that the bench works in a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// The herald binary to start [default: `herald` next to herald-bench].
+    #[arg(long, value_name = "PATH")]
+    herald: Option<PathBuf>,
+    /// Where the server's data goes (a fresh directory inside it, removed afterwards). Must be on
+    /// the disk under test. Default: the workspace's target/ directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as markdown or as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
+    /// Run even if the directory is in memory (tmpfs); the figures are then meaningless.
+    #[arg(long)]
+    allow_tmpfs: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PushContentMode {
+    Structured,
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PushPart {
+    One,
+    Fanout,
+    Latency,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Fsync {
     Always,
@@ -328,6 +412,7 @@ fn main() -> ExitCode {
         Command::Publish(arguments) => run_publish(arguments),
         Command::Queue(arguments) => run_queue(arguments),
         Command::Request(arguments) => run_request(arguments),
+        Command::Push(arguments) => run_push(arguments),
         Command::Compare(arguments) => run_compare(arguments),
     };
     match result {
@@ -492,6 +577,64 @@ fn run_request(arguments: RequestArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = request_bench::run(&options, &mut |line| eprintln!("{line}"))?;
+    arguments
+        .output
+        .print(|| report.to_markdown(), || report.to_json());
+    Ok(())
+}
+
+fn run_push(arguments: PushArgs) -> anyhow::Result<()> {
+    let quick = arguments.quick;
+    let latency_duration = seconds_arg(
+        "latency-seconds",
+        arguments
+            .latency_seconds
+            .unwrap_or(if quick { 1.0 } else { 10.0 }),
+    )?;
+    let parts = if arguments.only.is_empty() {
+        vec![PushPart::One, PushPart::Fanout, PushPart::Latency]
+    } else {
+        arguments.only
+    };
+    let options = PushOptions {
+        scratch_root: arguments.dir.unwrap_or_else(default_scratch_root),
+        binary: match arguments.herald {
+            Some(binary) => binary,
+            None => herald_process::default_binary()?,
+        },
+        fsync: arguments.fsync.unwrap_or(Fsync::Always).policy().to_owned(),
+        parts: parts
+            .into_iter()
+            .map(|part| match part {
+                PushPart::One => push_bench::Part::One,
+                PushPart::Fanout => push_bench::Part::Fanout,
+                PushPart::Latency => push_bench::Part::Latency,
+            })
+            .collect(),
+        events: arguments
+            .events
+            .unwrap_or(if quick { 2_000 } else { 100_000 }),
+        fanout_subscriptions: arguments.fanout,
+        fanout_events: arguments
+            .fanout_events
+            .unwrap_or(if quick { 200 } else { 6_000 }),
+        backlog_batch: arguments.backlog_batch,
+        partitions: arguments.partitions,
+        event_bytes: arguments.event_bytes,
+        max_in_flight: arguments.max_in_flight,
+        content_mode: match arguments.content_mode {
+            PushContentMode::Structured => push_bench::ContentMode::Structured,
+            PushContentMode::Binary => push_bench::ContentMode::Binary,
+        },
+        latency_rate: arguments.latency_rate,
+        latency_batch: arguments.latency_batch,
+        latency_duration,
+        client_threads: arguments.client_threads,
+        quick,
+        allow_in_memory: arguments.allow_tmpfs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = push_bench::run(&options, &mut |line| eprintln!("{line}"))?;
     arguments
         .output
         .print(|| report.to_markdown(), || report.to_json());

@@ -105,6 +105,11 @@ impl CpuMark {
         }
     }
 
+    /// When the mark was taken.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
     /// What was used from `self` to `end`.
     pub fn cores_until(&self, end: &CpuMark) -> CpuCores {
         let seconds = (end.at - self.at).as_secs_f64();
