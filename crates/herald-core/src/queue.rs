@@ -840,6 +840,11 @@ pub(crate) async fn pull(
     }
 }
 
+/// Bytes read from the log per cache miss when making deliveries. Small: a pull leases a few
+/// events, scattered among others (the log reads on to the end of the frame that holds the
+/// offset, whatever this says); a 1 MiB read per pull cost most of a webhook delivery's CPU.
+const DELIVERY_READ_BYTES: u32 = 64 * 1024;
+
 /// Reads the leased events back from the log and makes their deliveries.
 async fn read_deliveries(
     broker: &Broker,
@@ -883,7 +888,10 @@ async fn read_deliveries(
         let record = match cached {
             Some(record) => record,
             None => {
-                let read = broker.store.read(key.0, key.1, offset, 1024 * 1024).await?;
+                let read = broker
+                    .store
+                    .read(key.0, key.1, offset, DELIVERY_READ_BYTES)
+                    .await?;
                 cache = read.records;
                 cache_key = key;
                 match cache.iter().find(|record| record.offset == offset) {

@@ -37,8 +37,10 @@ const ACK_QUEUE_MAX: usize = 4096;
 const RESPONSE_BYTES_READ_MAX: usize = 64 * 1024;
 /// Bytes of a failed response's body kept in its attempt's error.
 const RESPONSE_EXCERPT_BYTES_MAX: usize = 256;
-/// Idle connections kept per endpoint host.
-const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
+/// Idle connections kept per endpoint host: room for every request that may be under way to
+/// one host (many subscriptions often share a receiver), so connections are reused instead of
+/// opened and closed (a closed one lingers in TIME_WAIT and uses up local ports).
+const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 1024;
 
 /// The dispatcher's settings (`[push]` in the server's configuration).
 #[derive(Debug, Clone)]
@@ -344,6 +346,11 @@ fn reconcile(inner: &Arc<Inner>) {
 }
 
 /// Delivers one push subscription until it is deleted or the dispatcher stops.
+///
+/// Deliveries are leased ahead into a small buffer (at most `max_in_flight` of them), so a
+/// request that ends is followed by the next one at once instead of after a pull; the buffer is
+/// refilled when half empty. A buffered delivery whose lease has become too short for a whole
+/// attempt is given back untried.
 async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
     let (acks, ack_queue) = mpsc::channel(ACK_QUEUE_MAX);
     let name = endpoint.subscription.borrow().name.clone();
@@ -352,8 +359,10 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
     let mut subscription_changes = endpoint.subscription.subscribe();
     let mut stop = endpoint.stop.subscribe();
     let mut in_flight_changes = endpoint.in_flight.subscribe();
+    let mut buffered: VecDeque<Delivery> = VecDeque::new();
     loop {
         if *stop.borrow_and_update() {
+            release(&inner.broker, &name, buffered.drain(..)).await;
             break;
         }
         let subscription = subscription_changes.borrow_and_update().clone();
@@ -361,6 +370,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
             break;
         };
         if push.disabled.is_some() {
+            release(&inner.broker, &name, buffered.drain(..)).await;
             tokio::select! {
                 _ = subscription_changes.changed() => {}
                 _ = stop.changed() => {}
@@ -369,10 +379,22 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
         }
         let in_flight = *in_flight_changes.borrow_and_update();
         let gate = lock(&endpoint.status).breaker.gate(inner.broker.clock_ms());
-        tracing::trace!(subscription = %name, ?gate, in_flight, "push: next step");
-        let free = push.max_in_flight.saturating_sub(in_flight);
-        let max = match gate {
+        tracing::trace!(subscription = %name, ?gate, in_flight, buffered = buffered.len(), "push: next step");
+        let start = |delivery: Delivery, probe: bool| {
+            tokio::spawn(attempt(
+                inner.clone(),
+                endpoint.clone(),
+                subscription.clone(),
+                delivery,
+                acks.clone(),
+                probe,
+                InFlight::start(&endpoint),
+            ))
+        };
+        match gate {
             Gate::WaitUntil(next_probe_ms) => {
+                // Open: nothing goes out but the probe, so nothing is held leased either.
+                release(&inner.broker, &name, buffered.drain(..)).await;
                 let wait = next_probe_ms.saturating_sub(inner.broker.clock_ms());
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -381,73 +403,118 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
                 }
                 continue;
             }
-            // A probe goes out alone.
-            Gate::Probe if in_flight > 0 => 0,
-            Gate::Probe => 1,
-            // Pull in batches under load (a pull per finished request would cost a pull per
-            // event); at once when nothing is under way.
-            Gate::Closed if in_flight == 0 || free >= refill_at(push.max_in_flight) => free,
-            Gate::Closed => 0,
-        };
-        if max == 0 {
-            tokio::select! {
-                _ = in_flight_changes.changed() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        let deliveries = match inner
-            .broker
-            .pull_from(&subscription, CONSUMER, max as usize, PULL_WAIT)
-            .await
-        {
-            Ok(deliveries) => deliveries,
-            Err(BrokerError::SubscriptionNotFound(_)) => break,
-            Err(error) => {
-                tracing::warn!(subscription = %name, %error, "push: pull failed; trying again in a second");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            Gate::Probe => {
+                // A probe goes out alone, and the next step waits for its result.
+                if in_flight > 0 {
+                    tokio::select! {
+                        _ = in_flight_changes.changed() => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                let probe = match buffered.pop_front() {
+                    Some(delivery) => Some(delivery),
+                    None => pull(&inner, &subscription, 1, PULL_WAIT)
+                        .await
+                        .and_then(|mut deliveries| deliveries.pop()),
+                };
+                release(&inner.broker, &name, buffered.drain(..)).await;
+                if let Some(delivery) = probe {
+                    let _ = start(delivery, true).await;
+                }
                 continue;
             }
-        };
-        // The circuit may have opened while the pull waited: send only what it allows now,
-        // and give the rest back untried (their attempt is not counted).
-        let allowed = match lock(&endpoint.status).breaker.gate(inner.broker.clock_ms()) {
-            Gate::Closed => deliveries.len(),
-            Gate::Probe if gate == Gate::Probe => 1,
-            _ => 0,
-        };
-        let mut deliveries = deliveries.into_iter();
-        for delivery in deliveries.by_ref().take(allowed) {
-            let guard = InFlight::start(&endpoint);
-            let attempt = tokio::spawn(attempt(
-                inner.clone(),
-                endpoint.clone(),
-                subscription.clone(),
-                delivery,
-                acks.clone(),
-                gate == Gate::Probe,
-                guard,
-            ));
-            if gate == Gate::Probe {
-                // One probe at a time: the next step waits for its result.
-                let _ = attempt.await;
-            }
+            Gate::Closed => {}
         }
-        let held_back: Vec<String> = deliveries.map(|delivery| delivery.receipt).collect();
-        if !held_back.is_empty()
-            && let Err(error) = inner
-                .broker
-                .settle(&name, &held_back, Settle::Release)
-                .await
-        {
-            tracing::warn!(subscription = %name, %error, "push: could not give back deliveries; their leases expire instead");
+        // Fill the free requests from the buffer.
+        let now_ms = inner.broker.clock_ms();
+        let margin_ms = subscription.spec.ack_timeout_ms
+            - herald_core::push_timeout_max_ms(subscription.spec.ack_timeout_ms);
+        let mut started = 0;
+        let mut expiring = Vec::new();
+        while in_flight + started < push.max_in_flight {
+            let Some(delivery) = buffered.pop_front() else {
+                break;
+            };
+            if delivery.deadline_ms.saturating_sub(now_ms) < push.timeout_ms + margin_ms {
+                expiring.push(delivery);
+                continue;
+            }
+            drop(start(delivery, false));
+            started += 1;
+        }
+        release(&inner.broker, &name, expiring.into_iter()).await;
+        // Refill the buffer when half empty: a blocking pull when there is nothing else to
+        // send (it returns as soon as events come), a quick one otherwise.
+        let capacity = push.max_in_flight as usize;
+        if buffered.len() <= capacity / 2 {
+            let wait = if buffered.is_empty() {
+                PULL_WAIT
+            } else {
+                Duration::ZERO
+            };
+            let Some(deliveries) =
+                pull(&inner, &subscription, capacity - buffered.len(), wait).await
+            else {
+                break;
+            };
+            // The circuit may have opened while the pull waited.
+            if lock(&endpoint.status).breaker.gate(inner.broker.clock_ms()) != Gate::Closed {
+                release(&inner.broker, &name, deliveries.into_iter()).await;
+                continue;
+            }
+            let pulled = deliveries.len();
+            buffered.extend(deliveries);
+            if pulled > 0 || started > 0 {
+                continue;
+            }
+            if buffered.is_empty() {
+                // Nothing came within the wait: look again (stop and changes are seen at the top).
+                continue;
+            }
+        } else if started > 0 {
+            continue;
+        }
+        // Everything is busy: wait for a request to end.
+        tokio::select! {
+            _ = in_flight_changes.changed() => {}
+            _ = subscription_changes.changed() => {}
+            _ = stop.changed() => {}
         }
     }
 }
 
-/// Free requests at which the next pull is made while others are under way.
-fn refill_at(max_in_flight: u32) -> u32 {
-    (max_in_flight / 4).max(1)
+/// One pull for the dispatcher; `None` once the subscription is gone.
+async fn pull(
+    inner: &Inner,
+    subscription: &Subscription,
+    max: usize,
+    wait: Duration,
+) -> Option<Vec<Delivery>> {
+    match inner
+        .broker
+        .pull_from(subscription, CONSUMER, max, wait)
+        .await
+    {
+        Ok(deliveries) => Some(deliveries),
+        Err(BrokerError::SubscriptionNotFound(_)) => None,
+        Err(error) => {
+            tracing::warn!(subscription = %subscription.name, %error, "push: pull failed; trying again in a second");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some(Vec::new())
+        }
+    }
+}
+
+/// Gives leased deliveries back untried (their attempt is not counted).
+async fn release(broker: &Broker, name: &str, deliveries: impl Iterator<Item = Delivery>) {
+    let receipts: Vec<String> = deliveries.map(|delivery| delivery.receipt).collect();
+    if receipts.is_empty() {
+        return;
+    }
+    if let Err(error) = broker.settle(name, &receipts, Settle::Release).await {
+        tracing::warn!(subscription = %name, %error, "push: could not give back deliveries; their leases expire instead");
+    }
 }
 
 /// Counts one request under way for as long as it lives (also if its task panics).

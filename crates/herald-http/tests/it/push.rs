@@ -1143,3 +1143,35 @@ async fn an_event_herald_cannot_send_is_dead_lettered_at_once_without_blaming_th
         "only the sendable event arrived"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_leased_ahead_whose_lease_runs_short_is_given_back_untried() {
+    let server = Server::start().await;
+    // Each request takes 1.5 s; a lease is 3 s and an attempt needs 2 s + 1 s of margin, so
+    // the delivery waiting behind a request can never be sent on its first lease.
+    let receiver = Receiver::start(|_, _| Reply {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_millis(1500),
+    })
+    .await;
+    create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "ack_timeout": "3s", "push": {"url": receiver.url, "max_in_flight": 1}}),
+    )
+    .await;
+    let events: Vec<Value> = (0..3).map(|n| event(&n.to_string(), json!(n))).collect();
+    publish(&server, "orders", &events).await;
+    wait_for_stats(&server, "hook", "three acks", |stats| stats["acked"] == 3).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 3, "each event sent once");
+    for request in &received {
+        assert_eq!(
+            request.header("herald-attempt"),
+            "1",
+            "a lease given back is no attempt"
+        );
+    }
+    assert_eq!(receiver.concurrent_max.load(Ordering::SeqCst), 1);
+}
