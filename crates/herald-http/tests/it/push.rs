@@ -1175,3 +1175,24 @@ async fn a_delivery_leased_ahead_whose_lease_runs_short_is_given_back_untried() 
     }
     assert_eq!(receiver.concurrent_max.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_last_attempts_kept_are_listed_newest_first() {
+    let server = Server::start_with(|config| config.push_attempts_kept = 3).await;
+    let receiver = Receiver::start(|_, _| Reply::status(200)).await;
+    create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "push": {"url": receiver.url, "max_in_flight": 1}}),
+    )
+    .await;
+    let events: Vec<Value> = (0..5).map(|n| event(&n.to_string(), json!(n))).collect();
+    publish(&server, "orders", &events).await;
+    wait_for_stats(&server, "hook", "five acks", |stats| stats["acked"] == 5).await;
+    let recorded = attempts(&server, "hook").await;
+    let offsets: Vec<u64> = recorded
+        .iter()
+        .map(|attempt| attempt["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [4, 3, 2], "the three newest, newest first");
+}
