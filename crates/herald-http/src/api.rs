@@ -767,6 +767,7 @@ pub async fn put_subscription(
     let mut request: SubscriptionRequest = json_body(&headers, &body, false)?;
     let push = request.push.take();
     let mut spec = to_spec(&name, request)?;
+    let secret_chosen = push.as_ref().is_some_and(|push| push.secret.is_some());
     if let Some(push) = push {
         let dispatcher = app.push.get().ok_or_else(Problem::not_ready)?;
         let existing = broker.subscription(&name).ok();
@@ -777,7 +778,22 @@ pub async fn put_subscription(
             existing.as_deref(),
         )?);
     }
-    let (subscription, created) = broker.create_subscription(&name, spec).await?;
+    let (subscription, created) = match broker.create_subscription(&name, spec.clone()).await {
+        Ok(answer) => answer,
+        // Two identical PUTs without a secret at once: each generated its own, and the second
+        // found the first's. Without a chosen secret, the secret is not a setting to compare.
+        Err(BrokerError::Conflict(detail)) if spec.push.is_some() && !secret_chosen => {
+            let existing = broker.subscription(&name)?;
+            if let (Some(push), Some(existing_push)) = (&mut spec.push, &existing.spec.push) {
+                push.secret = existing_push.secret.clone();
+            }
+            if !existing.spec.same_settings(&spec) {
+                return Err(BrokerError::Conflict(detail).into());
+            }
+            (existing, false)
+        }
+        Err(error) => return Err(error.into()),
+    };
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -1196,3 +1196,21 @@ async fn only_the_last_attempts_kept_are_listed_newest_first() {
         .collect();
     assert_eq!(offsets, [4, 3, 2], "the three newest, newest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_puts_at_once_without_a_secret_make_one_subscription_and_no_conflict() {
+    let server = Arc::new(Server::start().await);
+    let body = json!({"topics": ["orders"], "push": {"url": "http://127.0.0.1:9/hooks"}});
+    let puts: Vec<_> = (0..8)
+        .map(|_| {
+            let (server, body) = (server.clone(), body.clone());
+            tokio::spawn(async move { server.put_json("/v1/subscriptions/hook", body).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for put in puts {
+        statuses.push(put.await.unwrap().status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201]);
+}
