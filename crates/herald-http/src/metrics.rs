@@ -148,6 +148,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             );
         }
     }
+    write_push(&mut out, &app, &subscriptions);
     if let Some(histogram) = broker.store().sync_histogram() {
         let _ = writeln!(
             out,
@@ -188,4 +189,76 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// Webhook delivery of every push subscription.
+fn write_push(out: &mut String, app: &App, subscriptions: &[Arc<herald_core::Subscription>]) {
+    let Some(dispatcher) = app.push.get() else {
+        return;
+    };
+    let statuses: Vec<(String, herald_push::PushStatus)> = subscriptions
+        .iter()
+        .filter_map(|subscription| {
+            dispatcher
+                .status(subscription)
+                .map(|status| (label(&subscription.name), status))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP herald_push_attempts_total Webhook attempts since the server started, by result."
+    );
+    let _ = writeln!(out, "# TYPE herald_push_attempts_total counter");
+    for (name, status) in &statuses {
+        for (result, count) in [("delivered", status.delivered), ("failed", status.failed)] {
+            let _ = writeln!(
+                out,
+                "herald_push_attempts_total{{subscription=\"{name}\",result=\"{result}\"}} {count}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_push_in_flight Webhook requests under way."
+    );
+    let _ = writeln!(out, "# TYPE herald_push_in_flight gauge");
+    for (name, status) in &statuses {
+        let _ = writeln!(
+            out,
+            "herald_push_in_flight{{subscription=\"{name}\"}} {}",
+            status.in_flight
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_push_consecutive_failures Failed webhook attempts in a row."
+    );
+    let _ = writeln!(out, "# TYPE herald_push_consecutive_failures gauge");
+    for (name, status) in &statuses {
+        let _ = writeln!(
+            out,
+            "herald_push_consecutive_failures{{subscription=\"{name}\"}} {}",
+            status.consecutive_failures
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_push_state The state of a webhook subscription's endpoint: 1 for the current state."
+    );
+    let _ = writeln!(out, "# TYPE herald_push_state gauge");
+    for (name, status) in &statuses {
+        for state in [
+            herald_push::PushState::Healthy,
+            herald_push::PushState::Retrying,
+            herald_push::PushState::OpenCircuit,
+            herald_push::PushState::Disabled,
+        ] {
+            let _ = writeln!(
+                out,
+                "herald_push_state{{subscription=\"{name}\",state=\"{}\"}} {}",
+                state.as_str(),
+                u8::from(status.state == state)
+            );
+        }
+    }
 }

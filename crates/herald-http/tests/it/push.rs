@@ -341,6 +341,14 @@ async fn every_webhook_is_signed_and_carries_the_event_in_either_content_mode() 
                 && attempt["status"] == 204
                 && attempt["attempt"] == 1)
     );
+    let metrics = server.get("/metrics").await.body;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics
+            .contains("herald_push_attempts_total{subscription=\"hook\",result=\"delivered\"} 20"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("herald_push_state{subscription=\"hook\",state=\"healthy\"} 1"));
     // Later reads never show the secret.
     let read = server.get("/v1/subscriptions/hook").await;
     assert_eq!(read.body["push"]["secret"], Value::Null);
@@ -562,6 +570,14 @@ async fn gone_disables_the_subscription_across_a_restart_until_it_is_patched() {
     assert_eq!(
         stats["push"]["state"], "disabled",
         "still disabled after a restart"
+    );
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("herald_push_state{subscription=\"hook\",state=\"disabled\"} 1"),
+        "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 1);
