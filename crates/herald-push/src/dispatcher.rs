@@ -37,6 +37,10 @@ const ACK_QUEUE_MAX: usize = 4096;
 const RESPONSE_BYTES_READ_MAX: usize = 64 * 1024;
 /// Bytes of a failed response's body kept in its attempt's error.
 const RESPONSE_EXCERPT_BYTES_MAX: usize = 256;
+/// How often the recent attempts of subscriptions that made new ones are written to the
+/// metadata store (so they survive a restart; a crash loses at most this much of them).
+const ATTEMPTS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Idle connections kept per endpoint host: room for every request that may be under way to
 /// one host (many subscriptions often share a receiver), so connections are reused instead of
 /// opened and closed (a closed one lingers in TIME_WAIT and uses up local ports).
@@ -157,6 +161,112 @@ struct EndpointStatus {
     delivered: u64,
     failed: u64,
     attempts: VecDeque<Attempt>,
+    /// Attempts were recorded since they were last saved.
+    attempts_unsaved: bool,
+}
+
+/// The metadata store's key for a subscription's recent attempts.
+fn attempts_key(subscription_id: u64) -> String {
+    format!("push_attempts.{subscription_id}")
+}
+
+impl Attempt {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "time_ms": self.time_ms,
+            "webhook_id": self.webhook_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "attempt": self.attempt,
+            "status": self.status,
+            "latency_us": self.latency_us,
+            "error": self.error,
+            "outcome": self.outcome.as_str(),
+        })
+    }
+
+    fn from_json(value: &serde_json::Value) -> Option<Attempt> {
+        let text = |name: &str| value[name].as_str().map(str::to_owned);
+        let number = |name: &str| value[name].as_u64();
+        Some(Attempt {
+            time_ms: number("time_ms")?,
+            webhook_id: text("webhook_id")?,
+            topic: text("topic")?,
+            partition: u32::try_from(number("partition")?).ok()?,
+            offset: number("offset")?,
+            attempt: u32::try_from(number("attempt")?).ok()?,
+            status: number("status").and_then(|status| u16::try_from(status).ok()),
+            latency_us: number("latency_us")?,
+            error: text("error"),
+            outcome: match value["outcome"].as_str()? {
+                "delivered" => AttemptOutcome::Delivered,
+                "failed" => AttemptOutcome::Failed,
+                "dead_lettered" => AttemptOutcome::DeadLettered,
+                "disabled" => AttemptOutcome::Disabled,
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// The attempts saved for a subscription (none if nothing was saved or it cannot be read: they
+/// are a record for people, not state the delivery depends on).
+fn load_attempts(broker: &Broker, subscription_id: u64, kept: usize) -> VecDeque<Attempt> {
+    let saved = broker
+        .store()
+        .setting(&attempts_key(subscription_id))
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Vec<serde_json::Value>>(&bytes).ok())
+        .unwrap_or_default();
+    let mut attempts: VecDeque<Attempt> = saved.iter().filter_map(Attempt::from_json).collect();
+    while attempts.len() > kept {
+        attempts.pop_front();
+    }
+    attempts
+}
+
+/// Writes the recent attempts of every subscription that made new ones.
+async fn save_attempts(inner: &Inner) {
+    let endpoints: Vec<Arc<Endpoint>> = lock(&inner.endpoints).values().cloned().collect();
+    for endpoint in endpoints {
+        let id = endpoint.subscription.borrow().id;
+        let bytes = {
+            let mut state = lock(&endpoint.status);
+            if !state.attempts_unsaved {
+                continue;
+            }
+            state.attempts_unsaved = false;
+            let attempts: Vec<serde_json::Value> =
+                state.attempts.iter().map(Attempt::to_json).collect();
+            serde_json::to_vec(&attempts).unwrap_or_default()
+        };
+        if let Err(error) = inner
+            .broker
+            .store()
+            .put_setting(&attempts_key(id), bytes)
+            .await
+        {
+            tracing::warn!(%error, "push: could not save the recent attempts");
+        }
+    }
+}
+
+/// Saves attempts every `ATTEMPTS_SAVE_INTERVAL` until the dispatcher stops.
+async fn run_attempts_saver(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ATTEMPTS_SAVE_INTERVAL) => {}
+            _ = stop.changed() => {}
+        }
+        // (A graceful stop saves them once more when the last attempt has ended.)
+        if *stop.borrow_and_update() {
+            break;
+        }
+        save_attempts(&inner).await;
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +301,7 @@ impl Dispatcher {
             stop: watch::Sender::new(false),
         });
         tokio::spawn(follow_subscriptions(inner.clone()));
+        tokio::spawn(run_attempts_saver(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -276,6 +387,7 @@ impl Dispatcher {
                 "push: attempts still under way at shutdown; their events will be delivered again"
             );
         }
+        save_attempts(&self.inner).await;
     }
 }
 
@@ -313,6 +425,14 @@ fn reconcile(inner: &Arc<Inner>) {
             .is_some_and(|subscription| subscription.id == current);
         if !keep {
             endpoint.stop.send_replace(true);
+            // The subscription is gone: so is its record of attempts.
+            let broker = inner.broker.clone();
+            tokio::spawn(async move {
+                let _ = broker
+                    .store()
+                    .put_setting(&attempts_key(current), b"[]".to_vec())
+                    .await;
+            });
         }
         keep
     });
@@ -331,9 +451,14 @@ fn reconcile(inner: &Arc<Inner>) {
                 });
             }
             None => {
+                let attempts =
+                    load_attempts(&inner.broker, subscription.id, inner.config.attempts_kept);
                 let endpoint = Arc::new(Endpoint {
                     subscription: watch::Sender::new(subscription),
-                    status: Mutex::new(EndpointStatus::default()),
+                    status: Mutex::new(EndpointStatus {
+                        attempts,
+                        ..EndpointStatus::default()
+                    }),
                     in_flight: watch::Sender::new(0),
                     acker: Mutex::new(None),
                     stop: watch::Sender::new(false),
@@ -671,6 +796,7 @@ async fn attempt(
         while state.attempts.len() > inner.config.attempts_kept {
             state.attempts.pop_front();
         }
+        state.attempts_unsaved = true;
     }
     if gone {
         let reason = format!(

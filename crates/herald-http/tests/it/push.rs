@@ -579,6 +579,11 @@ async fn gone_disables_the_subscription_across_a_restart_until_it_is_patched() {
             .contains("herald_push_state{subscription=\"hook\",state=\"disabled\"} 1"),
         "{metrics}"
     );
+    // The record of attempts survives the restart too.
+    let recorded = attempts(&server, "hook").await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["status"], 410);
+    assert_eq!(recorded[0]["outcome"], "disabled");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 1);
 
