@@ -1041,9 +1041,14 @@ pub(crate) async fn settle(
                         .get_mut(&key)
                         .and_then(|entry| entry.slots.get_mut(&receipt.offset))
                         .expect("found above");
+                    // Undo what the lease counted: the next lease counts it again.
+                    let was_redelivery = slot.attempts > 1;
                     slot.attempts = slot.attempts.saturating_sub(1);
                     slot.state = SlotState::Pending { not_before_ms: 0 };
                     state.delivered = state.delivered.saturating_sub(1);
+                    if was_redelivery {
+                        state.redelivered = state.redelivered.saturating_sub(1);
+                    }
                 }
                 Settle::Reject { reason } => {
                     let slot = state

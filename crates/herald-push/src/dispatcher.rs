@@ -37,6 +37,10 @@ const ACK_QUEUE_MAX: usize = 4096;
 const RESPONSE_BYTES_READ_MAX: usize = 64 * 1024;
 /// Bytes of a failed response's body kept in its attempt's error.
 const RESPONSE_EXCERPT_BYTES_MAX: usize = 256;
+/// Room a lease must leave beyond an attempt and its ack margin for deliveries to be leased
+/// ahead (with the defaults, a 30 s lease and a 10 s timeout, it is 17 s).
+const LEASE_AHEAD_ROOM_MIN_MS: u64 = 1000;
+
 /// How often the recent attempts of subscriptions that made new ones are written to the
 /// metadata store (so they survive a restart; a crash loses at most this much of them).
 const ATTEMPTS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -248,7 +252,8 @@ async fn save_attempts(inner: &Inner) {
             .put_setting(&attempts_key(id), bytes)
             .await
         {
-            tracing::warn!(%error, "push: could not save the recent attempts");
+            tracing::warn!(%error, "push: could not save the recent attempts; trying again");
+            lock(&endpoint.status).attempts_unsaved = true;
         }
     }
 }
@@ -529,39 +534,42 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
                 continue;
             }
             Gate::Probe => {
-                // A probe goes out alone, and the next step waits for its result.
+                // A probe goes out alone, on a fresh lease, and the next step waits for its
+                // result.
+                release(&inner.broker, &name, buffered.drain(..)).await;
                 if in_flight > 0 {
                     tokio::select! {
                         _ = in_flight_changes.changed() => {}
+                        _ = subscription_changes.changed() => {}
                         _ = stop.changed() => {}
                     }
                     continue;
                 }
-                let probe = match buffered.pop_front() {
-                    Some(delivery) => Some(delivery),
-                    None => pull(&inner, &subscription, 1, PULL_WAIT)
-                        .await
-                        .and_then(|mut deliveries| deliveries.pop()),
+                let Some(mut deliveries) = pull(&inner, &subscription, 1, PULL_WAIT).await else {
+                    break;
                 };
-                release(&inner.broker, &name, buffered.drain(..)).await;
-                if let Some(delivery) = probe {
+                if let Some(delivery) = deliveries.pop() {
                     let _ = start(delivery, true).await;
                 }
                 continue;
             }
             Gate::Closed => {}
         }
-        // Fill the free requests from the buffer.
+        // Fill the free requests from the buffer. A delivery may wait in the buffer only as
+        // long as its lease has room beyond an attempt and the ack margin; when the settings
+        // leave (almost) no such room, nothing is leased ahead.
         let now_ms = inner.broker.clock_ms();
-        let margin_ms = subscription.spec.ack_timeout_ms
-            - herald_core::push_timeout_max_ms(subscription.spec.ack_timeout_ms);
+        let ack_timeout_ms = subscription.spec.ack_timeout_ms;
+        let margin_ms = ack_timeout_ms - herald_core::push_timeout_max_ms(ack_timeout_ms);
+        let needed_ms = push.timeout_ms + margin_ms;
+        let lease_ahead = ack_timeout_ms.saturating_sub(needed_ms) >= LEASE_AHEAD_ROOM_MIN_MS;
         let mut started = 0;
         let mut expiring = Vec::new();
         while in_flight + started < push.max_in_flight {
             let Some(delivery) = buffered.pop_front() else {
                 break;
             };
-            if delivery.deadline_ms.saturating_sub(now_ms) < push.timeout_ms + margin_ms {
+            if lease_ahead && delivery.deadline_ms.saturating_sub(now_ms) < needed_ms {
                 expiring.push(delivery);
                 continue;
             }
@@ -570,9 +578,16 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
         }
         release(&inner.broker, &name, expiring.into_iter()).await;
         // Refill the buffer when half empty: a blocking pull when there is nothing else to
-        // send (it returns as soon as events come), a quick one otherwise.
-        let capacity = push.max_in_flight as usize;
-        if buffered.len() <= capacity / 2 {
+        // send (it returns as soon as events come), a quick one otherwise. Without leasing
+        // ahead, pull exactly the free requests once the buffer is empty.
+        let free = push.max_in_flight.saturating_sub(in_flight + started) as usize;
+        let (capacity, refill) = if lease_ahead {
+            let capacity = push.max_in_flight as usize;
+            (capacity, buffered.len() <= capacity / 2)
+        } else {
+            (free, buffered.is_empty() && free > 0)
+        };
+        if refill {
             let wait = if buffered.is_empty() {
                 PULL_WAIT
             } else {

@@ -1168,8 +1168,9 @@ async fn an_event_herald_cannot_send_is_dead_lettered_at_once_without_blaming_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_leased_ahead_whose_lease_runs_short_is_given_back_untried() {
     let server = Server::start().await;
-    // Each request takes 1.5 s; a lease is 3 s and an attempt needs 2 s + 1 s of margin, so
-    // the delivery waiting behind a request can never be sent on its first lease.
+    // A lease is 4 s and an attempt needs 1.9 s + 1 s of margin: 1.1 s of room, so deliveries
+    // are leased ahead. Each request takes 1.5 s, so the delivery waiting behind one runs out
+    // of room and is given back, then leased again.
     let receiver = Receiver::start(|_, _| Reply {
         status: 200,
         retry_after: None,
@@ -1179,7 +1180,7 @@ async fn a_delivery_leased_ahead_whose_lease_runs_short_is_given_back_untried() 
     create(
         &server,
         "hook",
-        json!({"topics": ["orders"], "ack_timeout": "3s", "push": {"url": receiver.url, "max_in_flight": 1}}),
+        json!({"topics": ["orders"], "ack_timeout": "4s", "push": {"url": receiver.url, "max_in_flight": 1, "timeout": "1900ms"}}),
     )
     .await;
     let events: Vec<Value> = (0..3).map(|n| event(&n.to_string(), json!(n))).collect();
@@ -1234,4 +1235,35 @@ async fn identical_puts_at_once_without_a_secret_make_one_subscription_and_no_co
     }
     statuses.sort();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_with_the_longest_timeout_delivers_without_leasing_ahead() {
+    let server = Server::start().await;
+    let receiver = Receiver::start(|_, _| Reply {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_millis(20),
+    })
+    .await;
+    // ack_timeout 3 s: the default timeout is the longest allowed (2 s), which leaves no room
+    // to hold leased deliveries.
+    let created = create(
+        &server,
+        "hook",
+        json!({"topics": ["orders"], "ack_timeout": "3s", "push": {"url": receiver.url, "max_in_flight": 4}}),
+    )
+    .await;
+    assert_eq!(created["push"]["timeout"], "2s");
+    let events: Vec<Value> = (0..40).map(|n| event(&n.to_string(), json!(n))).collect();
+    publish(&server, "orders", &events).await;
+    wait_for_stats(&server, "hook", "forty acks", |stats| stats["acked"] == 40).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 40, "each event sent once");
+    assert!(
+        received
+            .iter()
+            .all(|request| request.header("herald-attempt") == "1")
+    );
+    assert_eq!(receiver.concurrent_max.load(Ordering::SeqCst), 4);
 }
