@@ -356,7 +356,8 @@ pub struct SubCreateArgs {
         help_heading = "Webhook"
     )]
     pub push_secret: Option<String>,
-    /// Time for one attempt [server default: 10s, or half of --ack-timeout if shorter].
+    /// Time for one attempt [server default: 10s, or less to fit a short --ack-timeout: at most
+    /// the lease minus 1s or a tenth of it, whichever is longer].
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, requires = "push", help_heading = "Webhook")]
     pub push_timeout: Option<String>,
     /// Most requests at once, 1 to 1000 [server default: 16].
