@@ -65,6 +65,44 @@ pub fn free_local_address() -> io::Result<SocketAddr> {
     listener.local_addr()
 }
 
+/// What every bench that loads a real server starts with: the binary checked, a fresh
+/// directory on the disk under test, the load generator's runtime, and `herald serve` started
+/// in that directory and ready.
+#[derive(Debug)]
+pub struct BenchServer {
+    pub scratch: tempfile::TempDir,
+    pub machine: machine::MachineFacts,
+    pub runtime: tokio::runtime::Runtime,
+    pub process: HeraldProcess,
+}
+
+impl BenchServer {
+    pub fn start(
+        binary: &Path,
+        scratch_root: &Path,
+        prefix: &str,
+        allow_in_memory: bool,
+        client_threads: usize,
+        fsync: &str,
+    ) -> anyhow::Result<BenchServer> {
+        check_binary(binary)?;
+        let (scratch, machine) = machine::scratch_directory(scratch_root, prefix, allow_in_memory)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(client_threads)
+            .enable_all()
+            .build()
+            .context("starting the load generator's runtime")?;
+        let mut process = HeraldProcess::start(binary, &scratch.path().join("herald"), fsync)?;
+        process.wait_ready(&runtime)?;
+        Ok(BenchServer {
+            scratch,
+            machine,
+            runtime,
+            process,
+        })
+    }
+}
+
 /// A running `herald serve`.
 #[derive(Debug)]
 pub struct HeraldProcess {

@@ -235,23 +235,19 @@ pub fn run(options: &PushOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Res
         options.client_threads >= 1,
         "--client-threads must be at least 1"
     );
-    herald_process::check_binary(&options.binary)?;
-    let (scratch, machine) = machine::scratch_directory(
+    let herald_process::BenchServer {
+        scratch,
+        machine,
+        runtime,
+        mut process,
+    } = herald_process::BenchServer::start(
+        &options.binary,
         &options.scratch_root,
         "herald-bench-push-",
         options.allow_in_memory,
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.client_threads)
-        .enable_all()
-        .build()
-        .context("starting the load generator's runtime")?;
-    let mut process = HeraldProcess::start(
-        &options.binary,
-        &scratch.path().join("herald"),
+        options.client_threads,
         &options.fsync,
     )?;
-    process.wait_ready(&runtime)?;
     let base_url = process.url();
     progress(&format!(
         "herald serve at {base_url} (fsync {}), data on {} ({}); max_in_flight {}, {} mode",
