@@ -191,6 +191,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// A per-subscription webhook gauge: its name, its help, and how to read it.
+type PushGauge = (
+    &'static str,
+    &'static str,
+    fn(&herald_push::PushStatus) -> u32,
+);
+
 /// Webhook delivery of every push subscription.
 fn write_push(out: &mut String, app: &App, subscriptions: &[Arc<herald_core::Subscription>]) {
     let Some(dispatcher) = app.push.get() else {
@@ -217,29 +224,26 @@ fn write_push(out: &mut String, app: &App, subscriptions: &[Arc<herald_core::Sub
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP herald_push_in_flight Webhook requests under way."
-    );
-    let _ = writeln!(out, "# TYPE herald_push_in_flight gauge");
-    for (name, status) in &statuses {
-        let _ = writeln!(
-            out,
-            "herald_push_in_flight{{subscription=\"{name}\"}} {}",
+    let gauges: [PushGauge; 2] = [
+        ("in_flight", "Webhook requests under way.", |status| {
             status.in_flight
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP herald_push_consecutive_failures Failed webhook attempts in a row."
-    );
-    let _ = writeln!(out, "# TYPE herald_push_consecutive_failures gauge");
-    for (name, status) in &statuses {
-        let _ = writeln!(
-            out,
-            "herald_push_consecutive_failures{{subscription=\"{name}\"}} {}",
-            status.consecutive_failures
-        );
+        }),
+        (
+            "consecutive_failures",
+            "Failed webhook attempts in a row.",
+            |status| status.consecutive_failures,
+        ),
+    ];
+    for (gauge, help, value) in gauges {
+        let _ = writeln!(out, "# HELP herald_push_{gauge} {help}");
+        let _ = writeln!(out, "# TYPE herald_push_{gauge} gauge");
+        for (name, status) in &statuses {
+            let _ = writeln!(
+                out,
+                "herald_push_{gauge}{{subscription=\"{name}\"}} {}",
+                value(status)
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -419,6 +419,15 @@ async fn a_failed_attempt_is_retried_with_the_same_webhook_id_and_recorded() {
     }
     // Newest first: the last recorded attempts are the successes.
     assert_eq!(recorded[0]["outcome"], "delivered");
+    let metrics = server.get("/metrics").await.body;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "herald_push_attempts_total{subscription=\"hook\",result=\"failed\"} 2",
+        "herald_push_consecutive_failures{subscription=\"hook\"} 0",
+        "herald_push_in_flight{subscription=\"hook\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
