@@ -79,7 +79,9 @@ impl From<StoreError> for BrokerError {
 impl From<AppendError> for BrokerError {
     fn from(error: AppendError) -> Self {
         match error {
-            AppendError::DiskFull(_) => BrokerError::DiskFull(error.to_string()),
+            AppendError::DiskFull(_) => BrokerError::DiskFull(format!(
+                "{error}; the events of the partition that failed were not acknowledged (retry them: deduplication keeps those stored in other partitions from doubling), and what was stored before is intact"
+            )),
             AppendError::Overloaded { .. } => BrokerError::Overloaded(error.to_string()),
             AppendError::Batch(_) => BrokerError::Invalid(error.to_string()),
             other => BrokerError::Storage(StoreError::Append(other)),
@@ -94,8 +96,27 @@ fn from_store(error: StoreError) -> BrokerError {
             BrokerError::TopicNotFound("(deleted while the request was in flight)".into())
         }
         StoreError::Append(append) => append.into(),
+        StoreError::Meta(meta) if meta.is_disk_full() => BrokerError::DiskFull(format!(
+            "{meta}; the change was not made, and what was stored before is intact"
+        )),
         other => BrokerError::Storage(other),
     }
+}
+
+/// Runs a state change to its end whether or not its caller still waits for it.
+///
+/// When a client hangs up, the HTTP layer drops the handler's future at its next `.await`. A
+/// change that has begun (memory and the durable write it depends on) must not stop half-way,
+/// so every such change runs in a task of its own and the caller awaits the task: dropping the
+/// caller drops only the wait. (ARCHITECTURE.md, "Every state change finishes".)
+pub(crate) async fn run_to_end<T, F>(work: F) -> Result<T, BrokerError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, BrokerError>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|error| Err(BrokerError::Storage(StoreError::Worker(error.to_string()))))
 }
 
 /// Settings of a topic.
@@ -328,11 +349,62 @@ pub struct Subscription {
     pub(crate) group: Arc<Group>,
 }
 
+impl Subscription {
+    pub(crate) fn queue_group(&self) -> Option<&QueueGroup> {
+        match &*self.group {
+            Group::Queue(group) => Some(group),
+            Group::Stream(_) => None,
+        }
+    }
+}
+
 /// The consumer-side state of a subscription, by mode.
 #[derive(Debug)]
 pub(crate) enum Group {
     Stream(StreamGroup),
     Queue(QueueGroup),
+}
+
+impl Group {
+    pub(crate) fn counters(&self) -> Counters {
+        match self {
+            Group::Stream(group) => group.counters(),
+            Group::Queue(group) => group.counters(),
+        }
+    }
+
+    fn restore_counters(&self, counters: Counters) {
+        match self {
+            Group::Stream(group) => group.restore_counters(counters),
+            Group::Queue(group) => group.restore_counters(counters),
+        }
+    }
+}
+
+/// Saves changed subscription counters every [`COUNTERS_SAVE_INTERVAL`] until the broker shuts
+/// down or is dropped (it never keeps the broker alive while it sleeps). A thread of its own
+/// with the system's sleep, not a Tokio timer: a test's paused clock would otherwise jump to it
+/// whenever the runtime waits for the disk.
+fn start_counters_saver(broker: std::sync::Weak<Broker>) -> Result<(), BrokerError> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("herald-counters".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(COUNTERS_SAVE_INTERVAL);
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                if broker.requests.is_closed() {
+                    return;
+                }
+                if let Err(error) = runtime.block_on(broker.save_counters()) {
+                    tracing::warn!(%error, "could not save subscription counters; trying again");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|error| BrokerError::Storage(StoreError::Io(error)))
 }
 
 /// Statistics of a subscription, by mode.
@@ -455,6 +527,39 @@ pub struct Broker {
     boot: u32,
     /// Action/response: pending requests and their expiry.
     pub(crate) requests: Arc<crate::requests::Requests>,
+    /// Each subscription's counters as last saved (see [`Broker::save_counters`]).
+    counters_saved: Mutex<std::collections::HashMap<u64, Counters>>,
+}
+
+/// A subscription's counters: delivered, acked, redelivered, dead-lettered. They are kept
+/// across restarts: saved every [`COUNTERS_SAVE_INTERVAL`] when they changed, and at shutdown
+/// (a crash loses at most that interval's counts; the events' state itself is durable).
+pub(crate) type Counters = [u64; 4];
+
+/// How often changed subscription counters are saved.
+pub const COUNTERS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The setting that keeps a subscription's counters.
+fn counters_key(subscription_id: u64) -> String {
+    format!("subscription_counters.{subscription_id}")
+}
+
+fn decode_counters(bytes: &[u8]) -> Option<Counters> {
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut counters = [0u64; 4];
+    for (counter, chunk) in counters.iter_mut().zip(bytes.chunks_exact(8)) {
+        *counter = u64::from_le_bytes(chunk.try_into().expect("chunks of 8 bytes"));
+    }
+    Some(counters)
+}
+
+fn encode_counters(counters: &Counters) -> Vec<u8> {
+    counters
+        .iter()
+        .flat_map(|counter| counter.to_le_bytes())
+        .collect()
 }
 
 const RECEIPT_KEY_SETTING: &str = "receipt_key";
@@ -467,7 +572,7 @@ impl Broker {
         store: Arc<dyn Store>,
         config: BrokerConfig,
     ) -> Result<Arc<Broker>, BrokerError> {
-        let receipts = match store.setting(RECEIPT_KEY_SETTING)? {
+        let receipts = match store.setting(RECEIPT_KEY_SETTING).await? {
             Some(bytes) if bytes.len() == 32 => {
                 ReceiptKey::from_bytes(bytes.try_into().expect("checked to be 32 bytes"))
             }
@@ -509,6 +614,7 @@ impl Broker {
             clock_base: (now_ms(), tokio::time::Instant::now()),
             boot: random_u32(),
             requests: Arc::default(),
+            counters_saved: Mutex::default(),
             config,
         });
         for record in store.subscriptions()? {
@@ -516,7 +622,17 @@ impl Broker {
                 serde_json::from_value(record.settings.clone()).map_err(|error| {
                     BrokerError::Invalid(format!("stored subscription {}: {error}", record.name))
                 })?;
-            let group = Arc::new(broker.new_group(record.id, &spec)?);
+            let group = broker.new_group(record.id, &spec)?;
+            if let Some(counters) = store
+                .setting(&counters_key(record.id))
+                .await?
+                .as_deref()
+                .and_then(decode_counters)
+            {
+                group.restore_counters(counters);
+                lock(&broker.counters_saved).insert(record.id, counters);
+            }
+            let group = Arc::new(group);
             let subscription = Arc::new(Subscription {
                 id: record.id,
                 group,
@@ -534,12 +650,58 @@ impl Broker {
         for topic in all_topics {
             broker.rebuild_dedup(&topic).await?;
         }
+        broker.remove_orphan_redrive_topics().await?;
         broker.requests.load(store.requests()?);
         tokio::spawn(crate::requests::run_expiry(
             Arc::downgrade(&broker),
             broker.requests.clone(),
         ));
+        start_counters_saver(Arc::downgrade(&broker))?;
         Ok(broker)
+    }
+
+    /// Deletes redrive topics whose subscription is gone (its deletion was cut short by a
+    /// crash, or happened before redrive topics went with their subscription): a new
+    /// subscription of the same name must not read them.
+    async fn remove_orphan_redrive_topics(&self) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        for topic in self.topics_snapshot() {
+            let orphan = queue::redrive_subscription(topic.name())
+                .is_some_and(|subscription| self.subscription(subscription).is_err());
+            if orphan {
+                tracing::info!(
+                    topic = topic.name(),
+                    "removing the redrive topic of a deleted subscription"
+                );
+                self.delete_topic_locked(topic.name()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the counters of every subscription whose counters changed since they were last
+    /// saved, in one transaction.
+    pub(crate) async fn save_counters(&self) -> Result<(), BrokerError> {
+        // No subscription is created or deleted meanwhile, so no row outlives its subscription.
+        let _admin = self.admin.lock().await;
+        let changed: Vec<(u64, Counters)> = {
+            let saved = lock(&self.counters_saved);
+            self.subscriptions_snapshot()
+                .iter()
+                .map(|subscription| (subscription.id, subscription.group.counters()))
+                .filter(|(id, counters)| saved.get(id) != Some(counters))
+                .collect()
+        };
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let settings = changed
+            .iter()
+            .map(|(id, counters)| (counters_key(*id), Some(encode_counters(counters))))
+            .collect();
+        self.store.put_settings(settings).await?;
+        lock(&self.counters_saved).extend(changed);
+        Ok(())
     }
 
     /// Reads the events stored within a topic's window back into its deduplication index.
@@ -625,7 +787,7 @@ impl Broker {
     /// Appends events without deduplication (dead letters, redrives), creating the topic with
     /// one partition if needed, whatever `auto_create_topics` says.
     pub(crate) async fn append_internal(
-        &self,
+        self: &Arc<Self>,
         topic_name: &str,
         events: &[EventToPublish<'_>],
     ) -> Result<Vec<Published>, BrokerError> {
@@ -692,7 +854,7 @@ impl Broker {
 
     async fn next_id(&self) -> Result<u64, BrokerError> {
         // Called with `admin` held, so read-increment-write cannot race.
-        let next = match self.store.setting(NEXT_ID_SETTING)? {
+        let next = match self.store.setting(NEXT_ID_SETTING).await? {
             Some(bytes) if bytes.len() == 8 => {
                 u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
             }
@@ -707,7 +869,7 @@ impl Broker {
     /// Creates a topic (`Ok(true)`), or confirms one that exists with the same settings
     /// (`Ok(false)`). More partitions than it has grow it; anything else different is a conflict.
     pub async fn create_topic(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         settings: TopicSettings,
     ) -> Result<(Arc<Topic>, bool), BrokerError> {
@@ -721,7 +883,7 @@ impl Broker {
     }
 
     pub(crate) async fn create_topic_unchecked(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         settings: TopicSettings,
     ) -> Result<(Arc<Topic>, bool), BrokerError> {
@@ -731,6 +893,17 @@ impl Broker {
                 settings.partitions
             )));
         }
+        let broker = self.clone();
+        let name = name.to_owned();
+        run_to_end(async move { broker.create_topic_now(&name, settings).await }).await
+    }
+
+    /// Creates (or grows, or confirms) a topic: the store first, then memory.
+    async fn create_topic_now(
+        &self,
+        name: &str,
+        settings: TopicSettings,
+    ) -> Result<(Arc<Topic>, bool), BrokerError> {
         let _admin = self.admin.lock().await;
         if let Ok(existing) = self.topic(name) {
             let current = existing.settings();
@@ -822,9 +995,25 @@ impl Broker {
         }
     }
 
-    /// Deletes a topic and its events.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().await;
+    /// Deletes a topic and its events. Herald's own topics (`_…`) go only with what owns them.
+    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<(), BrokerError> {
+        if names::is_internal(name) {
+            self.topic(name)?;
+            return Err(BrokerError::Invalid(format!(
+                "topic {name:?} belongs to Herald itself (a reply queue or a redrive topic) and cannot be deleted; a redrive topic goes with its subscription"
+            )));
+        }
+        let broker = self.clone();
+        let name = name.to_owned();
+        run_to_end(async move {
+            let _admin = broker.admin.lock().await;
+            broker.delete_topic_locked(&name).await
+        })
+        .await
+    }
+
+    /// Deletes a topic: the store first, then memory. The caller holds `admin`.
+    async fn delete_topic_locked(&self, name: &str) -> Result<(), BrokerError> {
         let topic = self.topic(name)?;
         self.store.delete_topic(topic.record.clone()).await?;
         self.topics
@@ -838,7 +1027,7 @@ impl Broker {
     }
 
     /// The topic to publish to: an existing one, or one created with defaults when allowed.
-    async fn topic_for_publish(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    async fn topic_for_publish(self: &Arc<Self>, name: &str) -> Result<Arc<Topic>, BrokerError> {
         if let Ok(topic) = self.topic(name) {
             return Ok(topic);
         }
@@ -866,7 +1055,7 @@ impl Broker {
     /// while several partitions are written, some may hold their events (retrying the same
     /// events is safe: they come back as duplicates).
     pub async fn publish(
-        &self,
+        self: &Arc<Self>,
         topic_name: &str,
         events: &[EventToPublish<'_>],
         service: Option<&str>,
@@ -1227,6 +1416,24 @@ impl Broker {
     /// back (like Kafka, a group behind retention resumes at the oldest retained event).
     pub async fn apply_retention(&self) -> Result<u32, BrokerError> {
         let now = now_ms();
+        // A queue subscription keeps every segment that still holds an event it has not
+        // finished with (acked, dead-lettered or filtered out): per partition, the lowest floor
+        // of the queue subscriptions that cover it. One pass over the subscriptions' partitions.
+        let mut needed_from: std::collections::HashMap<(u64, u32), u64> =
+            std::collections::HashMap::new();
+        for subscription in self.subscriptions_snapshot() {
+            let Some(group) = subscription.queue_group() else {
+                continue;
+            };
+            for (topic, partition) in queue::covered(self, &subscription) {
+                let key = (topic.record.id, partition);
+                let floor = group.floor(key).unwrap_or(0);
+                needed_from
+                    .entry(key)
+                    .and_modify(|lowest| *lowest = (*lowest).min(floor))
+                    .or_insert(floor);
+            }
+        }
         let mut deleted = 0;
         for topic in self.topics_snapshot() {
             let policy = RetentionPolicy {
@@ -1237,23 +1444,9 @@ impl Broker {
                 continue;
             }
             for partition in 0..topic.record.partitions {
-                // A queue subscription keeps every segment that still holds an event it has not
-                // finished with (acked, dead-lettered or filtered out).
-                let key = (topic.record.id, partition);
-                let needed_from = self
-                    .subscriptions_snapshot()
-                    .iter()
-                    .filter_map(|subscription| match &*subscription.group {
-                        Group::Queue(group) => {
-                            let covers = queue_covers(self, subscription, &topic);
-                            covers.then(|| group.floor(key).unwrap_or(0))
-                        }
-                        Group::Stream(_) => None,
-                    })
-                    .min();
-                let hook: crate::store::RetentionHook = Box::new(move |segment| {
-                    needed_from.is_none_or(|floor| segment.end_offset <= floor)
-                });
+                let needed = needed_from.get(&(topic.record.id, partition)).copied();
+                let hook: crate::store::RetentionHook =
+                    Box::new(move |segment| needed.is_none_or(|floor| segment.end_offset <= floor));
                 let outcome = self
                     .store
                     .apply_retention(topic.record.id, partition, policy, now, hook)
@@ -1271,6 +1464,7 @@ impl Broker {
     /// Saves what is only in memory (services' last-seen times) and syncs the store.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
         self.requests.close();
+        self.save_counters().await?;
         for service in self.services() {
             self.store.put_service(service).await?;
         }
@@ -1324,7 +1518,7 @@ impl Broker {
 
     /// Creates a subscription (`Ok(true)`), or confirms one with the same settings.
     pub async fn create_subscription(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         spec: SubscriptionSpec,
     ) -> Result<(Arc<Subscription>, bool), BrokerError> {
@@ -1334,12 +1528,18 @@ impl Broker {
                 "subscription names starting with '_' belong to Herald itself; choose another name than {name:?}"
             )));
         }
+        if names::is_internal(&spec.dead_letter_topic) {
+            return Err(BrokerError::Invalid(format!(
+                "dead_letter_topic {:?} starts with '_': such topics belong to Herald itself (reply queues, redrive topics); choose another name",
+                spec.dead_letter_topic
+            )));
+        }
         self.create_subscription_unchecked(name, spec).await
     }
 
     /// Creates a subscription, also one with a name of Herald's own (`_replies.{group}`).
     pub(crate) async fn create_subscription_unchecked(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         spec: SubscriptionSpec,
     ) -> Result<(Arc<Subscription>, bool), BrokerError> {
@@ -1381,6 +1581,17 @@ impl Broker {
             check_push(push, spec.ack_timeout_ms)?;
         }
         names::check_topic_name(&spec.dead_letter_topic)?;
+        let broker = self.clone();
+        let name = name.to_owned();
+        run_to_end(async move { broker.create_subscription_now(&name, spec).await }).await
+    }
+
+    /// Creates (or confirms) a subscription: the store first, then memory.
+    async fn create_subscription_now(
+        &self,
+        name: &str,
+        spec: SubscriptionSpec,
+    ) -> Result<(Arc<Subscription>, bool), BrokerError> {
         let _admin = self.admin.lock().await;
         if let Ok(existing) = self.subscription(name) {
             if existing.spec.same_settings(&spec) {
@@ -1436,7 +1647,15 @@ impl Broker {
     }
 
     /// Deletes a subscription and its positions.
-    pub async fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_subscription(self: &Arc<Self>, name: &str) -> Result<(), BrokerError> {
+        let broker = self.clone();
+        let name = name.to_owned();
+        run_to_end(async move { broker.delete_subscription_now(&name).await }).await
+    }
+
+    /// Deletes a subscription: its record, positions, queue state and counters, then its
+    /// redrive topic (which only it read); memory after each durable step.
+    async fn delete_subscription_now(&self, name: &str) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
         let subscription = self.subscription(name)?;
         let record = crate::meta::SubscriptionRecord {
@@ -1456,6 +1675,22 @@ impl Broker {
         }
         self.subscriptions_changed
             .send_modify(|generation| *generation += 1);
+        // What only this subscription used. A crash before these steps leaves them to the next
+        // start, which removes redrive topics without a subscription; the counters' row is
+        // keyed by an id never used again.
+        if let Err(error) = self
+            .store
+            .put_settings(vec![(counters_key(subscription.id), None)])
+            .await
+        {
+            tracing::warn!(%error, subscription = name, "could not remove a deleted subscription's counters");
+        }
+        lock(&self.counters_saved).remove(&subscription.id);
+        let redrive = queue::redrive_topic(name);
+        if self.topic(&redrive).is_ok() {
+            self.delete_topic_locked(&redrive).await?;
+        }
+        tracing::info!(subscription = name, "subscription deleted");
         Ok(())
     }
 
@@ -1465,58 +1700,65 @@ impl Broker {
         self.subscriptions_changed.subscribe()
     }
 
-    /// Changes a push subscription's settings (`change` edits a copy), durably, and returns the
-    /// subscription as it is now. Only `push` can change; everything else stays as created.
-    /// With `expected_id`, only that very subscription is changed (not one created since with
-    /// the same name).
-    pub async fn update_push(
-        &self,
+    /// Changes a push subscription's settings (`change` edits a copy and returns what the
+    /// caller wants to know of it), durably, and returns the subscription as it is now. Only
+    /// `push` can change; everything else stays as created. With `expected_id`, only that very
+    /// subscription is changed (not one created since with the same name).
+    pub async fn update_push<R: Send + 'static>(
+        self: &Arc<Self>,
         name: &str,
         expected_id: Option<u64>,
-        change: impl FnOnce(&mut PushSpec) -> Result<(), BrokerError>,
-    ) -> Result<Arc<Subscription>, BrokerError> {
-        let _admin = self.admin.lock().await;
-        let existing = self.subscription(name)?;
-        if expected_id.is_some_and(|id| id != existing.id) {
-            return Err(BrokerError::SubscriptionNotFound(name.to_owned()));
-        }
-        let Some(mut push) = existing.spec.push.clone() else {
-            return Err(BrokerError::Invalid(format!(
-                "{name:?} is not a push subscription; only a push subscription's \"push\" settings can be changed"
-            )));
-        };
-        change(&mut push)?;
-        check_push(&push, existing.spec.ack_timeout_ms)?;
-        let mut spec = existing.spec.clone();
-        spec.push = Some(push);
-        let record = crate::meta::SubscriptionRecord {
-            id: existing.id,
-            name: name.to_owned(),
-            settings: serde_json::to_value(&spec)
-                .map_err(|error| BrokerError::Invalid(error.to_string()))?,
-            created_ms: existing.created_ms,
-        };
-        self.store.put_subscription(record, Vec::new()).await?;
-        let updated = Arc::new(Subscription {
-            id: existing.id,
-            name: existing.name.clone(),
-            spec,
-            created_ms: existing.created_ms,
-            group: existing.group.clone(),
-        });
-        self.subscriptions
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(name.to_owned(), updated.clone());
-        self.subscriptions_changed
-            .send_modify(|generation| *generation += 1);
-        Ok(updated)
+        change: impl FnOnce(&mut PushSpec) -> Result<R, BrokerError> + Send + 'static,
+    ) -> Result<(Arc<Subscription>, R), BrokerError> {
+        let broker = self.clone();
+        let name = name.to_owned();
+        run_to_end(async move {
+            let _admin = broker.admin.lock().await;
+            let existing = broker.subscription(&name)?;
+            if expected_id.is_some_and(|id| id != existing.id) {
+                return Err(BrokerError::SubscriptionNotFound(name));
+            }
+            let Some(mut push) = existing.spec.push.clone() else {
+                return Err(BrokerError::Invalid(format!(
+                    "{name:?} is not a push subscription; only a push subscription's \"push\" settings can be changed"
+                )));
+            };
+            let answer = change(&mut push)?;
+            check_push(&push, existing.spec.ack_timeout_ms)?;
+            let mut spec = existing.spec.clone();
+            spec.push = Some(push);
+            let record = crate::meta::SubscriptionRecord {
+                id: existing.id,
+                name: name.clone(),
+                settings: serde_json::to_value(&spec)
+                    .map_err(|error| BrokerError::Invalid(error.to_string()))?,
+                created_ms: existing.created_ms,
+            };
+            broker.store.put_subscription(record, Vec::new()).await?;
+            let updated = Arc::new(Subscription {
+                id: existing.id,
+                name: existing.name.clone(),
+                spec,
+                created_ms: existing.created_ms,
+                group: existing.group.clone(),
+            });
+            broker
+                .subscriptions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(name, updated.clone());
+            broker
+                .subscriptions_changed
+                .send_modify(|generation| *generation += 1);
+            Ok((updated, answer))
+        })
+        .await
     }
 
     /// Pull: up to `max` deliveries. Stream: the consumer's partitions, in order. Queue: leased
     /// events until their deadline.
     pub async fn pull(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         consumer: &str,
         max: usize,
@@ -1532,9 +1774,12 @@ impl Broker {
 
     /// Pull from this very subscription (not whichever has its name by then): once it is
     /// deleted, `SubscriptionNotFound`, also when another one was created with the same name.
+    ///
+    /// Dropping the pull is safe: the expiry of leases it starts runs to its end, and events
+    /// it leased but did not hand out are given back.
     pub async fn pull_from(
-        &self,
-        subscription: &Subscription,
+        self: &Arc<Self>,
+        subscription: &Arc<Subscription>,
         consumer: &str,
         max: usize,
         wait: Duration,
@@ -1550,9 +1795,9 @@ impl Broker {
     }
 
     /// Ack. Stream: commits each receipt's partition up to and including its offset. Queue: done
-    /// with these deliveries (durably).
+    /// with these deliveries (durably). Runs to its end even if the caller goes away.
     pub async fn ack(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         receipts: &[String],
         service: Option<&str>,
@@ -1561,51 +1806,79 @@ impl Broker {
         if let Some(service) = service {
             self.note_service(service, None, Some(name));
         }
-        match &*subscription.group {
-            Group::Stream(group) => stream::ack(self, &subscription, group, receipts).await,
-            Group::Queue(group) => {
-                queue::settle(self, &subscription, group, receipts, Settle::Ack).await
+        let broker = self.clone();
+        let receipts = receipts.to_vec();
+        run_to_end(async move {
+            match &*subscription.group {
+                Group::Stream(group) => stream::ack(&broker, &subscription, group, &receipts).await,
+                Group::Queue(group) => {
+                    queue::settle(&broker, &subscription, group, &receipts, Settle::Ack).await
+                }
             }
-        }
+        })
+        .await
     }
 
-    /// Queue only: nack, extend or reject.
+    /// Queue only: nack, extend or reject. Runs to its end even if the caller goes away.
     pub async fn settle(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         receipts: &[String],
         action: Settle,
     ) -> Result<Vec<stream::AckStatus>, BrokerError> {
         let subscription = self.subscription(name)?;
-        match &*subscription.group {
-            Group::Queue(group) => {
-                queue::settle(self, &subscription, group, receipts, action).await
-            }
-            Group::Stream(_) => Err(BrokerError::Invalid(format!(
+        if subscription.queue_group().is_none() {
+            return Err(BrokerError::Invalid(format!(
                 "{name:?} is a stream subscription: nack, extend and reject are for queue subscriptions (commit with ack, move with seek)"
-            ))),
+            )));
         }
+        let broker = self.clone();
+        let receipts = receipts.to_vec();
+        run_to_end(async move {
+            let group = subscription
+                .queue_group()
+                .expect("checked to be a queue subscription");
+            queue::settle(&broker, &subscription, group, &receipts, action).await
+        })
+        .await
     }
 
     /// Moves the group's position (stream), or acknowledges everything before the target and
-    /// makes everything from it pending again (queue).
-    pub async fn seek(&self, name: &str, target: stream::SeekTarget) -> Result<(), BrokerError> {
+    /// makes everything from it pending again (queue). Runs to its end even if the caller goes
+    /// away.
+    pub async fn seek(
+        self: &Arc<Self>,
+        name: &str,
+        target: stream::SeekTarget,
+    ) -> Result<(), BrokerError> {
         let subscription = self.subscription(name)?;
-        match &*subscription.group {
-            Group::Stream(group) => stream::seek(self, &subscription, group, target).await,
-            Group::Queue(group) => queue::seek(self, &subscription, group, target).await,
-        }
+        let broker = self.clone();
+        run_to_end(async move {
+            match &*subscription.group {
+                Group::Stream(group) => stream::seek(&broker, &subscription, group, target).await,
+                Group::Queue(group) => queue::seek(&broker, &subscription, group, target).await,
+            }
+        })
+        .await
     }
 
-    /// Queue only: moves up to `max` of this subscription's dead letters back into it.
-    pub async fn redrive(&self, name: &str, max: usize) -> Result<usize, BrokerError> {
+    /// Queue only: moves up to `max` of this subscription's dead letters back into it. Runs to
+    /// its end even if the caller goes away.
+    pub async fn redrive(self: &Arc<Self>, name: &str, max: usize) -> Result<usize, BrokerError> {
         let subscription = self.subscription(name)?;
-        match &*subscription.group {
-            Group::Queue(group) => queue::redrive(self, &subscription, group, max).await,
-            Group::Stream(_) => Err(BrokerError::Invalid(format!(
+        if subscription.queue_group().is_none() {
+            return Err(BrokerError::Invalid(format!(
                 "{name:?} is a stream subscription: redrive is for queue subscriptions and their dead-letter topics"
-            ))),
+            )));
         }
+        let broker = self.clone();
+        run_to_end(async move {
+            let group = subscription
+                .queue_group()
+                .expect("checked to be a queue subscription");
+            queue::redrive(&broker, &subscription, group, max).await
+        })
+        .await
     }
 
     /// Statistics of a subscription.
@@ -1667,15 +1940,6 @@ fn check_push(push: &PushSpec, ack_timeout_ms: u64) -> Result<(), BrokerError> {
 /// shorter: such a subscription cannot push).
 pub fn push_timeout_max_ms(ack_timeout_ms: u64) -> u64 {
     ack_timeout_ms.saturating_sub((ack_timeout_ms / 10).max(1000))
-}
-
-/// True when a queue subscription reads `topic` (by its patterns, or as its redrive topic).
-fn queue_covers(broker: &Broker, subscription: &Subscription, topic: &Topic) -> bool {
-    topic.name() == queue::redrive_topic(&subscription.name)
-        || broker
-            .partitions_of(&subscription.spec)
-            .iter()
-            .any(|(covered, _)| covered.record.id == topic.record.id)
 }
 
 /// A live tail: appends to matching topics, from the moment it was made.

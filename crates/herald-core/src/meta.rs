@@ -29,31 +29,89 @@ const REQUEST_PURGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("re
 const REQUEST_APPENDED: TableDefinition<&str, (u32, u64)> =
     TableDefinition::new("request_appended");
 
-/// An error of the metadata database.
-#[derive(Debug, thiserror::Error)]
-#[error("metadata store: {0}")]
-pub struct MetaError(String);
+/// An error of the metadata database. `Clone`, so that one failed group commit can answer
+/// every change it carried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct MetaError {
+    message: String,
+    disk_full: bool,
+    /// The database must be opened again before its next use (see [`needs_reopen`]).
+    reopen: bool,
+}
 
 impl MetaError {
-    pub fn from_text(text: String) -> Self {
-        MetaError(text)
+    /// An error that is not the database's (a record that does not decode, say).
+    pub fn other(text: impl std::fmt::Display) -> Self {
+        MetaError {
+            message: format!("metadata store: {text}"),
+            disk_full: false,
+            reopen: false,
+        }
+    }
+
+    /// True when the write failed because the disk (or the quota) is full: nothing was
+    /// changed, and the same write can succeed once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        self.disk_full
     }
 }
 
 fn meta_error(error: impl std::fmt::Display) -> MetaError {
-    MetaError(error.to_string())
+    MetaError::other(error)
+}
+
+/// Classifies a redb error: a full disk is told apart (507, not 500), with the same words as
+/// the partition logs use.
+fn database_error(error: redb::Error) -> MetaError {
+    let reopen = needs_reopen(&error);
+    match &error {
+        redb::Error::Io(io) if herald_log::io::is_disk_full(io) => MetaError {
+            message: format!("no space left on the device: {io} (metadata store)"),
+            disk_full: true,
+            reopen,
+        },
+        _ => MetaError {
+            reopen,
+            ..MetaError::other(error)
+        },
+    }
 }
 
 impl From<redb::TableError> for MetaError {
     fn from(error: redb::TableError) -> Self {
-        meta_error(error)
+        database_error(error.into())
     }
 }
 
 impl From<redb::StorageError> for MetaError {
     fn from(error: redb::StorageError) -> Self {
-        meta_error(error)
+        database_error(error.into())
     }
+}
+
+impl From<redb::TransactionError> for MetaError {
+    fn from(error: redb::TransactionError) -> Self {
+        database_error(error.into())
+    }
+}
+
+impl From<redb::CommitError> for MetaError {
+    fn from(error: redb::CommitError) -> Self {
+        database_error(error.into())
+    }
+}
+
+impl From<redb::DatabaseError> for MetaError {
+    fn from(error: redb::DatabaseError) -> Self {
+        database_error(error.into())
+    }
+}
+
+/// True when redb needs to be opened again before it can be used (it refuses every operation
+/// after an I/O error, until it is reopened and has checked its file).
+fn needs_reopen(error: &redb::Error) -> bool {
+    matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo)
 }
 
 /// A topic as stored.
@@ -174,7 +232,7 @@ fn with_appended(
 ) -> Result<(), MetaError> {
     if let Some(outcome) = &mut record.outcome
         && outcome.appended.is_none()
-        && let Some(position) = appended.get(record.id.as_str()).map_err(meta_error)?
+        && let Some(position) = appended.get(record.id.as_str()).map_err(MetaError::from)?
     {
         outcome.appended = Some(position.value());
     }
@@ -184,16 +242,22 @@ fn with_appended(
 /// The metadata database.
 #[derive(Debug)]
 pub struct MetaStore {
-    /// `None` once closed: the file lock is released, so the directory can be opened again.
+    path: std::path::PathBuf,
+    /// `None` after an I/O error (redb refuses every operation after one until it is opened
+    /// again and has checked its file; the next operation reopens it), and once closed.
     database: std::sync::RwLock<Option<Database>>,
+    /// Closed for good: the file lock is released, so the directory can be opened again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl MetaStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let database = Database::create(path).map_err(meta_error)?;
+        let database = Database::create(path).map_err(MetaError::from)?;
         let store = Self {
+            path: path.to_owned(),
             database: std::sync::RwLock::new(Some(database)),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         store.write(|transaction| {
             transaction.open_table(TOPICS)?;
@@ -213,60 +277,103 @@ impl MetaStore {
 
     /// Closes the database; later operations fail.
     pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.database
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
     }
 
+    /// The open database, opened again first if an I/O error closed it.
     fn database(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, MetaError> {
-        let guard = self
-            .database
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if guard.is_none() {
-            return Err(MetaError("the metadata store is closed".into()));
+        loop {
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(MetaError::other("the metadata store is closed"));
+            }
+            let guard = self
+                .database
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if guard.is_some() {
+                return Ok(guard);
+            }
+            drop(guard);
+            let mut database = self
+                .database
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if database.is_none() && !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                // Like a restart after a crash: redb checks the file and keeps every committed
+                // transaction.
+                *database = Some(Database::create(&self.path).map_err(MetaError::from)?);
+                tracing::info!(path = %self.path.display(), "metadata store opened again after an I/O error");
+            }
         }
-        Ok(guard)
     }
 
-    fn begin_read(&self) -> Result<redb::ReadTransaction, MetaError> {
-        let database = self.database()?;
-        database
-            .as_ref()
-            .expect("checked open")
-            .begin_read()
-            .map_err(meta_error)
+    /// After an error that leaves redb refusing work, drops the database so that the next
+    /// operation opens it again.
+    fn after<T>(&self, result: Result<T, MetaError>) -> Result<T, MetaError> {
+        if let Err(error) = &result
+            && error.reopen
+        {
+            tracing::warn!(%error, "metadata store: I/O error; it is opened again before its next use");
+            self.database
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+        }
+        result
+    }
+
+    fn read<T>(
+        &self,
+        work: impl FnOnce(&redb::ReadTransaction) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let result = (|| {
+            let database = self.database()?;
+            let transaction = database
+                .as_ref()
+                .expect("database() returns an open database")
+                .begin_read()
+                .map_err(MetaError::from)?;
+            work(&transaction)
+        })();
+        self.after(result)
     }
 
     fn write<T>(
         &self,
         work: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let database = self.database()?;
-        let mut transaction = database
-            .as_ref()
-            .expect("checked open")
-            .begin_write()
-            .map_err(meta_error)?;
-        transaction.set_durability(Durability::Immediate);
-        let value = work(&transaction)?;
-        transaction.commit().map_err(meta_error)?;
-        Ok(value)
+        let result = (|| {
+            let database = self.database()?;
+            let mut transaction = database
+                .as_ref()
+                .expect("database() returns an open database")
+                .begin_write()
+                .map_err(MetaError::from)?;
+            transaction.set_durability(Durability::Immediate);
+            let value = work(&transaction)?;
+            transaction.commit().map_err(MetaError::from)?;
+            Ok(value)
+        })();
+        self.after(result)
     }
 
     fn read_all<T: for<'de> Deserialize<'de>>(
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, MetaError> {
-        let transaction = self.begin_read()?;
-        let table = transaction.open_table(table).map_err(meta_error)?;
-        let mut values = Vec::new();
-        for entry in table.iter().map_err(meta_error)? {
-            let (_, value) = entry.map_err(meta_error)?;
-            values.push(serde_json::from_slice(value.value()).map_err(meta_error)?);
-        }
-        Ok(values)
+        self.read(|transaction| {
+            let table = transaction.open_table(table).map_err(MetaError::from)?;
+            let mut values = Vec::new();
+            for entry in table.iter().map_err(MetaError::from)? {
+                let (_, value) = entry.map_err(MetaError::from)?;
+                values.push(serde_json::from_slice(value.value()).map_err(meta_error)?);
+            }
+            Ok(values)
+        })
     }
 
     fn put<T: Serialize>(
@@ -347,19 +454,20 @@ impl MetaStore {
 
     /// The stored positions of a subscription: (topic id, partition) → next offset.
     pub fn positions(&self, subscription_id: u64) -> Result<Vec<(u64, u32, u64)>, MetaError> {
-        let transaction = self.begin_read()?;
-        let table = transaction.open_table(POSITIONS).map_err(meta_error)?;
-        let id = subscription_id;
-        let mut positions = Vec::new();
-        for entry in table
-            .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
-            .map_err(meta_error)?
-        {
-            let (key, value) = entry.map_err(meta_error)?;
-            let (_, topic_id, partition) = key.value();
-            positions.push((topic_id, partition, value.value()));
-        }
-        Ok(positions)
+        self.read(|transaction| {
+            let table = transaction.open_table(POSITIONS).map_err(MetaError::from)?;
+            let id = subscription_id;
+            let mut positions = Vec::new();
+            for entry in table
+                .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
+                .map_err(MetaError::from)?
+            {
+                let (key, value) = entry.map_err(MetaError::from)?;
+                let (_, topic_id, partition) = key.value();
+                positions.push((topic_id, partition, value.value()));
+            }
+            Ok(positions)
+        })
     }
 
     /// Stores positions of one subscription, durably, in one transaction.
@@ -482,66 +590,75 @@ impl MetaStore {
 
     /// The stored state of a queue subscription: floors, done offsets and retries.
     pub fn queue_state(&self, subscription: u64) -> Result<QueueChanges, MetaError> {
-        let transaction = self.begin_read()?;
-        let mut state = QueueChanges::default();
-        let floors = transaction.open_table(POSITIONS).map_err(meta_error)?;
-        for entry in floors
-            .range((subscription, 0, 0)..=(subscription, u64::MAX, u32::MAX))
-            .map_err(meta_error)?
-        {
-            let (key, value) = entry.map_err(meta_error)?;
-            let (_, topic, partition) = key.value();
-            state.floors.push((topic, partition, value.value()));
-        }
-        let range = (subscription, 0, 0, 0)..=(subscription, u64::MAX, u32::MAX, u64::MAX);
-        let done = transaction.open_table(QUEUE_DONE).map_err(meta_error)?;
-        for entry in done.range(range.clone()).map_err(meta_error)? {
-            let (key, _) = entry.map_err(meta_error)?;
-            let (_, topic, partition, offset) = key.value();
-            state.done.push((topic, partition, offset));
-        }
-        let retry = transaction.open_table(QUEUE_RETRY).map_err(meta_error)?;
-        for entry in retry.range(range).map_err(meta_error)? {
-            let (key, value) = entry.map_err(meta_error)?;
-            let (_, topic, partition, offset) = key.value();
-            let (attempts, not_before_ms) = value.value();
-            state
-                .retries
-                .push((topic, partition, offset, attempts, not_before_ms));
-        }
-        Ok(state)
+        self.read(|transaction| {
+            let mut state = QueueChanges::default();
+            let floors = transaction.open_table(POSITIONS).map_err(MetaError::from)?;
+            for entry in floors
+                .range((subscription, 0, 0)..=(subscription, u64::MAX, u32::MAX))
+                .map_err(MetaError::from)?
+            {
+                let (key, value) = entry.map_err(MetaError::from)?;
+                let (_, topic, partition) = key.value();
+                state.floors.push((topic, partition, value.value()));
+            }
+            let range = (subscription, 0, 0, 0)..=(subscription, u64::MAX, u32::MAX, u64::MAX);
+            let done = transaction
+                .open_table(QUEUE_DONE)
+                .map_err(MetaError::from)?;
+            for entry in done.range(range.clone()).map_err(MetaError::from)? {
+                let (key, _) = entry.map_err(MetaError::from)?;
+                let (_, topic, partition, offset) = key.value();
+                state.done.push((topic, partition, offset));
+            }
+            let retry = transaction
+                .open_table(QUEUE_RETRY)
+                .map_err(MetaError::from)?;
+            for entry in retry.range(range).map_err(MetaError::from)? {
+                let (key, value) = entry.map_err(MetaError::from)?;
+                let (_, topic, partition, offset) = key.value();
+                let (attempts, not_before_ms) = value.value();
+                state
+                    .retries
+                    .push((topic, partition, offset, attempts, not_before_ms));
+            }
+            Ok(state)
+        })
     }
 
     /// Every stored request.
     pub fn requests(&self) -> Result<Vec<RequestRecord>, MetaError> {
         let mut records: Vec<RequestRecord> = self.read_all(REQUESTS)?;
-        let transaction = self.begin_read()?;
-        let appended = transaction
-            .open_table(REQUEST_APPENDED)
-            .map_err(meta_error)?;
-        for record in &mut records {
-            with_appended(&appended, record)?;
-        }
-        Ok(records)
+        self.read(|transaction| {
+            let appended = transaction
+                .open_table(REQUEST_APPENDED)
+                .map_err(MetaError::from)?;
+            for record in &mut records {
+                with_appended(&appended, record)?;
+            }
+            Ok(records)
+        })
     }
 
     /// One stored request.
     pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, MetaError> {
-        let transaction = self.begin_read()?;
-        let table = transaction.open_table(REQUESTS).map_err(meta_error)?;
-        let Some(mut record) = table
-            .get(id)
-            .map_err(meta_error)?
-            .map(|value| serde_json::from_slice::<RequestRecord>(value.value()).map_err(meta_error))
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        let appended = transaction
-            .open_table(REQUEST_APPENDED)
-            .map_err(meta_error)?;
-        with_appended(&appended, &mut record)?;
-        Ok(Some(record))
+        self.read(|transaction| {
+            let table = transaction.open_table(REQUESTS).map_err(MetaError::from)?;
+            let Some(mut record) = table
+                .get(id)
+                .map_err(MetaError::from)?
+                .map(|value| {
+                    serde_json::from_slice::<RequestRecord>(value.value()).map_err(meta_error)
+                })
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            let appended = transaction
+                .open_table(REQUEST_APPENDED)
+                .map_err(MetaError::from)?;
+            with_appended(&appended, &mut record)?;
+            Ok(Some(record))
+        })
     }
 
     /// Forgets the requests whose `keep_until_ms` is before `now_ms`; returns how many.
@@ -575,17 +692,36 @@ impl MetaStore {
 
     /// A setting's value, if it was ever stored.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
-        let transaction = self.begin_read()?;
-        let table = transaction.open_table(SETTINGS).map_err(meta_error)?;
-        Ok(table
-            .get(key)
-            .map_err(meta_error)?
-            .map(|value| value.value().to_vec()))
+        self.read(|transaction| {
+            let table = transaction.open_table(SETTINGS).map_err(MetaError::from)?;
+            Ok(table
+                .get(key)
+                .map_err(MetaError::from)?
+                .map(|value| value.value().to_vec()))
+        })
     }
 
     pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), MetaError> {
         self.write(|transaction| {
             transaction.open_table(SETTINGS)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    /// Stores (`Some`) and removes (`None`) settings in one transaction.
+    pub fn put_settings(&self, settings: &[(String, Option<Vec<u8>>)]) -> Result<(), MetaError> {
+        self.write(|transaction| {
+            let mut table = transaction.open_table(SETTINGS)?;
+            for (key, value) in settings {
+                match value {
+                    Some(value) => {
+                        table.insert(key.as_str(), value.as_slice())?;
+                    }
+                    None => {
+                        table.remove(key.as_str())?;
+                    }
+                }
+            }
             Ok(())
         })
     }

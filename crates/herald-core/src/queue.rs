@@ -3,13 +3,21 @@
 //!
 //! Per partition a queue keeps a *floor* (every offset below it is done: acked, dead-lettered
 //! or filtered out) and a bounded *window* of the offsets read after it: each not-done offset has
-//! a slot, either pending (deliverable from a time on) or leased (to one pull, until a deadline).
-//! Payloads are never kept in memory; a delivery reads its event from the log again (the page
-//! cache). Memory is bounded by `window_events_max` slots per partition, whatever the backlog.
+//! a slot, either pending (deliverable from a time on), leased (to one pull, until a deadline) or
+//! settling (a change of its state is being made durable). Payloads are never kept in memory; a
+//! delivery reads its event from the log again (the page cache). Memory is bounded by
+//! `WINDOW_EVENTS_MAX` slots per partition, whatever the backlog.
 //!
 //! Durable state (through the store, group-committed): the floor, offsets done above it, and the
 //! attempt count and not-before time of events waiting for a retry. Leases are not durable: after
 //! a restart every event that was leased is pending again (at-least-once).
+//!
+//! **Memory follows the store.** A change that must be durable (an ack, the retry of a nack or
+//! of an expired lease, a dead letter) first marks its events settling, so that nothing else
+//! changes them; then the dead letters are appended and the done marks, floors and retries
+//! committed; only then does memory show the change, or, when the write failed, the events go
+//! back to what they were. The broker runs each such change in a task of its own
+//! (`broker::run_to_end`), so a caller that hangs up cannot stop it half-way.
 //!
 //! A receipt names one lease: its `epoch` is this process's boot number in the high 32 bits and
 //! a lease number in the low 32, so a receipt from an earlier lease, an earlier seek or an
@@ -25,7 +33,9 @@ use herald_log::{ReadError, Record};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, BrokerError, EventToPublish, StoredEvent, Subscription, Topic};
+use crate::broker::{
+    Broker, BrokerError, Counters, EventToPublish, StoredEvent, Subscription, Topic, run_to_end,
+};
 use crate::filter::Filter;
 use crate::meta::QueueChanges;
 use crate::receipt::StreamReceipt;
@@ -54,6 +64,9 @@ enum SlotState {
         lease: u32,
         consumer: Arc<str>,
     },
+    /// A change of its state (an ack, a retry, a dead letter) is being made durable: nothing
+    /// else may change it until that change ends (see [`make_durable`]).
+    Settling,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +92,13 @@ struct QueuePartition {
 impl QueuePartition {
     fn recompute_floor(&mut self) -> bool {
         let floor = self.slots.keys().next().copied().unwrap_or(self.read_to);
+        // The floor only moves up (a seek replaces the partition instead), and never past the
+        // read position: everything below it is done.
+        debug_assert!(floor >= self.floor, "a queue floor moved back");
+        debug_assert!(
+            floor <= self.read_to,
+            "a queue floor passed its read position"
+        );
         let moved = floor != self.floor;
         self.floor = floor;
         moved
@@ -112,6 +132,30 @@ impl QueueState {
         self.random ^= self.random << 17;
         self.random
     }
+
+    /// Gives a lease back untried: pending again at once, its delivery not counted (events a
+    /// pull leased but did not hand out, and `Settle::Release`). False when the slot is no
+    /// longer under that lease.
+    fn give_back(&mut self, key: PartitionKey, offset: u64, lease: u32) -> bool {
+        let Some(slot) = self
+            .partitions
+            .get_mut(&key)
+            .and_then(|entry| entry.slots.get_mut(&offset))
+        else {
+            return false;
+        };
+        if !matches!(slot.state, SlotState::Leased { lease: current, .. } if current == lease) {
+            return false;
+        }
+        let was_redelivery = slot.attempts > 1;
+        slot.attempts = slot.attempts.saturating_sub(1);
+        slot.state = SlotState::Pending { not_before_ms: 0 };
+        self.delivered = self.delivered.saturating_sub(1);
+        if was_redelivery {
+            self.redelivered = self.redelivered.saturating_sub(1);
+        }
+        true
+    }
 }
 
 /// Statistics of a queue subscription.
@@ -135,8 +179,9 @@ pub(crate) struct QueueGroup {
     changed: Notify,
     /// Serializes reading into the windows.
     fill_lock: tokio::sync::Mutex<()>,
-    /// Held shared by every change of state until its commit is queued, exclusively by a seek,
-    /// so a seek's reset is never followed in the store by a change made before it.
+    /// Held shared by every change of state from the moment it marks events settling until
+    /// memory follows its commit, exclusively by a seek, so a seek's reset is never followed in
+    /// the store by a change made before it.
     seek_gate: tokio::sync::RwLock<()>,
     /// One redrive at a time.
     redrive_lock: tokio::sync::Mutex<()>,
@@ -220,36 +265,60 @@ impl QueueGroup {
             .map(|partition| partition.floor)
     }
 
+    /// Delivered, acked, redelivered, dead-lettered.
+    pub(crate) fn counters(&self) -> Counters {
+        let state = lock(&self.state);
+        [
+            state.delivered,
+            state.acked,
+            state.redelivered,
+            state.dead_lettered,
+        ]
+    }
+
+    pub(crate) fn restore_counters(&self, counters: Counters) {
+        let mut state = lock(&self.state);
+        [
+            state.delivered,
+            state.acked,
+            state.redelivered,
+            state.dead_lettered,
+        ] = counters;
+    }
+
     fn epoch(&self, lease: u32) -> u64 {
         (u64::from(self.boot) << 32) | u64::from(lease)
     }
 }
 
-/// What to do with an event whose attempt failed.
-enum Failure {
-    Retry {
-        topic: u64,
-        partition: u32,
-        offset: u64,
-        attempts: u32,
-        not_before_ms: u64,
-    },
-    DeadLetter {
-        topic: u64,
-        partition: u32,
-        offset: u64,
-        reason: String,
-    },
+/// One event's change of state that must be durable before memory shows it.
+#[derive(Debug)]
+struct Transition {
+    key: PartitionKey,
+    offset: u64,
+    /// What the slot was: it comes back if the change cannot be made durable.
+    before: SlotState,
+    after: After,
 }
 
-/// How long an event waits parked while its dead letter is being stored.
-const PARK_MS: u64 = 60_000;
+/// Where a settling event goes once its change is durable.
+#[derive(Debug, Clone, PartialEq)]
+enum After {
+    /// Acked: done.
+    Done,
+    /// Pending again from this time (its attempts stay counted).
+    Retry { not_before_ms: u64 },
+    /// Appended to the dead-letter topic, then done.
+    DeadLetter { reason: String },
+}
 
-fn parked(now_ms: u64) -> SlotState {
-    SlotState::Leased {
-        deadline_ms: now_ms.saturating_add(PARK_MS),
-        lease: 0,
-        consumer: Arc::from(""),
+/// Marks a slot settling and returns the transition that will end it.
+fn begin(slot: &mut Slot, key: PartitionKey, offset: u64, after: After) -> Transition {
+    Transition {
+        key,
+        offset,
+        before: std::mem::replace(&mut slot.state, SlotState::Settling),
+        after,
     }
 }
 
@@ -263,12 +332,37 @@ fn backoff_ms(spec: &SubscriptionSpec, attempts: u32, jitter: u64) -> u64 {
     half + if half == 0 { 0 } else { jitter % (half + 1) }
 }
 
-/// Leases past their deadline fail: retry (after backoff) or dead-letter. Called under the lock.
+/// What follows a failed attempt (a nack, an expired lease): a retry after `delay_ms` or the
+/// backoff, or, once `max_deliveries` attempts were made, a dead letter.
+fn after_failure(
+    spec: &SubscriptionSpec,
+    attempts: u32,
+    now_ms: u64,
+    delay_ms: Option<u64>,
+    jitter: u64,
+    what: &str,
+) -> After {
+    if attempts >= spec.max_deliveries {
+        return After::DeadLetter {
+            reason: format!(
+                "max_deliveries ({}) reached; last: {what}",
+                spec.max_deliveries
+            ),
+        };
+    }
+    After::Retry {
+        not_before_ms: now_ms
+            .saturating_add(delay_ms.unwrap_or_else(|| backoff_ms(spec, attempts, jitter))),
+    }
+}
+
+/// Leases past their deadline fail: each becomes a transition to a retry (after backoff) or a
+/// dead letter. Called under the lock.
 fn expire(
     spec: &SubscriptionSpec,
     state: &mut QueueState,
     now_ms: u64,
-    failures: &mut Vec<Failure>,
+    transitions: &mut Vec<Transition>,
 ) {
     // Most pulls find nothing due: skip the walk over every slot until the earliest deadline.
     if now_ms < state.earliest_deadline_ms {
@@ -289,164 +383,227 @@ fn expire(
     }
     state.earliest_deadline_ms = earliest;
     for (key, offset, attempts) in expired {
-        fail_attempt(
-            spec,
-            state,
-            key,
-            offset,
-            attempts,
-            now_ms,
-            None,
-            "lease expired",
-            failures,
-        );
-    }
-}
-
-/// Turns a failed attempt into a retry or, at `max_deliveries`, a dead letter.
-#[allow(clippy::too_many_arguments)]
-fn fail_attempt(
-    spec: &SubscriptionSpec,
-    state: &mut QueueState,
-    key: PartitionKey,
-    offset: u64,
-    attempts: u32,
-    now_ms: u64,
-    delay_ms: Option<u64>,
-    what: &str,
-    failures: &mut Vec<Failure>,
-) {
-    let jitter = state.jitter();
-    let Some(partition) = state.partitions.get_mut(&key) else {
-        return;
-    };
-    let Some(slot) = partition.slots.get_mut(&offset) else {
-        return;
-    };
-    if attempts >= spec.max_deliveries {
-        // Stays leased (to nobody) until the dead letter is stored, so it is not delivered again;
-        // should the storing never finish (its request dropped), the parking lease runs out and
-        // the event is taken up again.
-        slot.state = parked(now_ms);
-        failures.push(Failure::DeadLetter {
-            topic: key.0,
-            partition: key.1,
-            offset,
-            reason: format!(
-                "max_deliveries ({}) reached; last: {what}",
-                spec.max_deliveries
-            ),
-        });
-        return;
-    }
-    let not_before_ms =
-        now_ms.saturating_add(delay_ms.unwrap_or_else(|| backoff_ms(spec, attempts, jitter)));
-    slot.state = SlotState::Pending { not_before_ms };
-    failures.push(Failure::Retry {
-        topic: key.0,
-        partition: key.1,
-        offset,
-        attempts,
-        not_before_ms,
-    });
-}
-
-/// Persists retries and stores dead letters, then marks those done.
-async fn settle_failures(
-    broker: &Broker,
-    subscription: &Subscription,
-    group: &QueueGroup,
-    failures: Vec<Failure>,
-) -> Result<(), BrokerError> {
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let mut changes = QueueChanges::default();
-    let mut dead = Vec::new();
-    for failure in failures {
-        match failure {
-            Failure::Retry {
-                topic,
-                partition,
-                offset,
-                attempts,
-                not_before_ms,
-            } => {
-                changes
-                    .retries
-                    .push((topic, partition, offset, attempts, not_before_ms));
-            }
-            Failure::DeadLetter {
-                topic,
-                partition,
-                offset,
-                reason,
-            } => dead.push((topic, partition, offset, reason)),
+        let jitter = state.jitter();
+        let after = after_failure(spec, attempts, now_ms, None, jitter, "lease expired");
+        if let Some(slot) = state
+            .partitions
+            .get_mut(&key)
+            .and_then(|entry| entry.slots.get_mut(&offset))
+        {
+            transitions.push(begin(slot, key, offset, after));
         }
     }
-    let mut dead = dead.into_iter();
-    while let Some((topic_id, partition, offset, reason)) = dead.next() {
-        if let Err(error) =
-            dead_letter(broker, subscription, topic_id, partition, offset, &reason).await
+}
+
+/// Settling events whose change has not ended: unless the change finishes (and takes them),
+/// they go back to what they were when this is dropped (a failed write, or a panic).
+struct Unsettled<'a> {
+    group: &'a QueueGroup,
+    transitions: Vec<Transition>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.transitions.is_empty() {
+            return;
+        }
         {
-            // The dead letter was not stored (a full disk, say): no event may stay parked on a
-            // lease to nobody. This one and every one after it become pending again and are
-            // retried like any failure.
-            {
-                let mut state = lock(&group.state);
-                let retry_at = broker
-                    .clock_ms()
-                    .saturating_add(subscription.spec.retry.initial_ms);
-                for (topic_id, partition, offset, _) in
-                    std::iter::once((topic_id, partition, offset, reason)).chain(dead)
+            let mut state = lock(&self.group.state);
+            for transition in self.transitions.drain(..) {
+                if let SlotState::Leased { deadline_ms, .. } = transition.before {
+                    // A lease whose deadline passed meanwhile expires at the next pull.
+                    state.earliest_deadline_ms = state.earliest_deadline_ms.min(deadline_ms);
+                }
+                if let Some(slot) = state
+                    .partitions
+                    .get_mut(&transition.key)
+                    .and_then(|entry| entry.slots.get_mut(&transition.offset))
+                    && matches!(slot.state, SlotState::Settling)
                 {
-                    if let Some(slot) = state
-                        .partitions
-                        .get_mut(&(topic_id, partition))
-                        .and_then(|entry| entry.slots.get_mut(&offset))
-                    {
-                        slot.state = SlotState::Pending {
-                            not_before_ms: retry_at,
-                        };
-                    }
+                    slot.state = transition.before;
                 }
             }
-            let _ = broker
-                .store
-                .commit_queue_changes(subscription.id, changes)
-                .await;
-            group.changed.notify_waiters();
-            return Err(error);
         }
-        let mut state = lock(&group.state);
-        state.dead_lettered += 1;
-        if let Some(entry) = state.partitions.get_mut(&(topic_id, partition)) {
-            entry.slots.remove(&offset);
-            entry.recompute_floor();
-            changes.done.push((topic_id, partition, offset));
-            changes.floors.push((topic_id, partition, entry.floor));
-        }
+        self.group.changed.notify_waiters();
     }
+}
+
+/// Makes `transitions` durable, then lets memory follow: their dead letters are appended (in
+/// one append), then their done marks, floors and retries committed in one group-committed
+/// write; once that succeeded the events leave the window or become pending at their retry
+/// time. If the commit fails, every event goes back to what it was (a nacked or acked lease is
+/// leased again, an expired one expires at the next pull). A dead letter that could not be
+/// appended (a full disk, say) becomes a retry after `retry.initial`, so no event is left
+/// settling. The caller holds the seek gate (shared) since it marked the events settling.
+async fn make_durable(
+    broker: &Arc<Broker>,
+    subscription: &Subscription,
+    group: &QueueGroup,
+    transitions: Vec<Transition>,
+) -> Result<(), BrokerError> {
+    if transitions.is_empty() {
+        return Ok(());
+    }
+    let mut unsettled = Unsettled { group, transitions };
+    let mut failure = None;
+    let dead_letters = unsettled
+        .transitions
+        .iter()
+        .any(|transition| matches!(transition.after, After::DeadLetter { .. }));
+    if dead_letters
+        && let Err(error) = dead_letter_all(broker, subscription, &unsettled.transitions).await
+    {
+        let retry_at = broker
+            .clock_ms()
+            .saturating_add(subscription.spec.retry.initial_ms);
+        for transition in &mut unsettled.transitions {
+            if matches!(transition.after, After::DeadLetter { .. }) {
+                transition.after = After::Retry {
+                    not_before_ms: retry_at,
+                };
+            }
+        }
+        failure = Some(error);
+    }
+    let changes = durable_changes(&lock(&group.state), &unsettled.transitions);
     broker
         .store
         .commit_queue_changes(subscription.id, changes)
         .await?;
+    apply(
+        &mut lock(&group.state),
+        std::mem::take(&mut unsettled.transitions),
+    );
     group.changed.notify_waiters();
+    failure.map_or(Ok(()), Err)
+}
+
+/// The store's changes for `transitions`: done marks, retries, and the floor of each partition
+/// as it will be once they are done (other events still settling count as not done).
+fn durable_changes(state: &QueueState, transitions: &[Transition]) -> QueueChanges {
+    let mut changes = QueueChanges::default();
+    let mut finished: HashSet<(PartitionKey, u64)> = HashSet::new();
+    let mut touched = BTreeSet::new();
+    for transition in transitions {
+        let (key, offset) = (transition.key, transition.offset);
+        match &transition.after {
+            After::Done | After::DeadLetter { .. } => {
+                changes.done.push((key.0, key.1, offset));
+                finished.insert((key, offset));
+                touched.insert(key);
+            }
+            After::Retry { not_before_ms } => {
+                let attempts = state
+                    .partitions
+                    .get(&key)
+                    .and_then(|entry| entry.slots.get(&offset))
+                    .map_or(0, |slot| slot.attempts);
+                changes
+                    .retries
+                    .push((key.0, key.1, offset, attempts, *not_before_ms));
+            }
+        }
+    }
+    for key in touched {
+        if let Some(entry) = state.partitions.get(&key) {
+            let floor = entry
+                .slots
+                .keys()
+                .copied()
+                .find(|offset| !finished.contains(&(key, *offset)))
+                .unwrap_or(entry.read_to);
+            changes.floors.push((key.0, key.1, floor));
+        }
+    }
+    changes
+}
+
+/// Memory follows committed transitions.
+fn apply(state: &mut QueueState, transitions: Vec<Transition>) {
+    let mut touched = BTreeSet::new();
+    let (mut acked, mut dead_lettered) = (0, 0);
+    for transition in transitions {
+        let Some(entry) = state.partitions.get_mut(&transition.key) else {
+            continue;
+        };
+        let settling = entry
+            .slots
+            .get(&transition.offset)
+            .is_some_and(|slot| matches!(slot.state, SlotState::Settling));
+        debug_assert!(settling, "a settling event changed while it settled");
+        if !settling {
+            continue;
+        }
+        match transition.after {
+            After::Done | After::DeadLetter { .. } => {
+                entry.slots.remove(&transition.offset);
+                touched.insert(transition.key);
+                if transition.after == After::Done {
+                    acked += 1;
+                } else {
+                    dead_lettered += 1;
+                }
+            }
+            After::Retry { not_before_ms } => {
+                if let Some(slot) = entry.slots.get_mut(&transition.offset) {
+                    slot.state = SlotState::Pending { not_before_ms };
+                }
+            }
+        }
+    }
+    for key in touched {
+        if let Some(entry) = state.partitions.get_mut(&key) {
+            entry.recompute_floor();
+        }
+    }
+    state.acked += acked;
+    state.dead_lettered += dead_lettered;
+}
+
+/// Appends the dead letters among `transitions` to the subscription's dead-letter topic, in one
+/// append, each with the extensions that say why and where it came from.
+async fn dead_letter_all(
+    broker: &Arc<Broker>,
+    subscription: &Subscription,
+    transitions: &[Transition],
+) -> Result<(), BrokerError> {
+    let mut events = Vec::new();
+    for transition in transitions {
+        if let After::DeadLetter { reason } = &transition.after
+            && let Some(event) = dead_letter_event(
+                broker,
+                subscription,
+                transition.key,
+                transition.offset,
+                reason,
+            )
+            .await?
+        {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let to_publish: Vec<EventToPublish<'_>> = events.iter().map(OwnedEvent::as_event).collect();
+    broker
+        .append_internal(&subscription.spec.dead_letter_topic, &to_publish)
+        .await?;
     Ok(())
 }
 
-/// Appends the event at `offset` to the subscription's dead-letter topic, with the extensions
-/// that say why and where it came from.
-async fn dead_letter(
+/// The dead letter of the event at `offset`: the stored event with `deadletterreason`,
+/// `deadlettersubscription` and its origin. `None` when the event is gone (its topic was
+/// deleted meanwhile: nothing left to dead-letter).
+async fn dead_letter_event(
     broker: &Broker,
     subscription: &Subscription,
-    topic_id: u64,
-    partition: u32,
+    (topic_id, partition): PartitionKey,
     offset: u64,
     reason: &str,
-) -> Result<(), BrokerError> {
+) -> Result<Option<OwnedEvent>, BrokerError> {
     let Some(topic) = broker.topic_by_id(topic_id) else {
-        return Ok(()); // the topic was deleted meanwhile: nothing left to dead-letter
+        return Ok(None);
     };
     let read = broker
         .store
@@ -457,7 +614,7 @@ async fn dead_letter(
         .into_iter()
         .find(|record| record.offset == offset)
     else {
-        return Ok(());
+        return Ok(None);
     };
     let mut event: Map<String, Value> =
         serde_json::from_slice(&record.payload).map_err(|error| {
@@ -477,15 +634,7 @@ async fn dead_letter(
         "deadlettersubscription".into(),
         Value::String(subscription.name.clone()),
     );
-    let owned = OwnedEvent::new(&event, record.key.as_ref());
-    let to_publish = owned.as_event();
-    broker
-        .append_internal(
-            &subscription.spec.dead_letter_topic,
-            std::slice::from_ref(&to_publish),
-        )
-        .await?;
-    Ok(())
+    Ok(Some(OwnedEvent::new(&event, record.key.as_ref())))
 }
 
 /// An event Herald writes itself (dead letter, redrive): its JSON and routing attributes.
@@ -539,6 +688,11 @@ pub(crate) fn is_redrive_topic(topic: &str) -> bool {
 /// The topic that carries redriven events back into one subscription only.
 pub(crate) fn redrive_topic(subscription: &str) -> String {
     format!("{REDRIVE_PREFIX}{subscription}")
+}
+
+/// The subscription a redrive topic belongs to.
+pub(crate) fn redrive_subscription(topic: &str) -> Option<&str> {
+    topic.strip_prefix(REDRIVE_PREFIX)
 }
 
 /// Parses an event's top-level attributes, for filters.
@@ -633,7 +787,7 @@ fn partition_entry(
 }
 
 /// The partitions a queue subscription covers: its topics' and its redrive topic's.
-fn covered(broker: &Broker, subscription: &Subscription) -> Vec<(Arc<Topic>, u32)> {
+pub(crate) fn covered(broker: &Broker, subscription: &Subscription) -> Vec<(Arc<Topic>, u32)> {
     let mut partitions = broker.partitions_of(&subscription.spec);
     if let Ok(redrive) = broker.topic(&redrive_topic(&subscription.name)) {
         partitions.push((redrive, 0));
@@ -641,43 +795,108 @@ fn covered(broker: &Broker, subscription: &Subscription) -> Vec<(Arc<Topic>, u32
     partitions
 }
 
-/// Marks one event done without a delivery (a reply already handed to its requester): an event
-/// not read into the window yet is skipped when it is, a pending one leaves the window. A leased
-/// one is left to its consumer. The change is made in memory at once; the caller makes it
-/// durable with the returned changes (empty when there is nothing to store).
+/// Marks one event done without a delivery (a reply already handed to its requester): durably
+/// first, then in memory, where an event not read into the window yet is skipped when it is and
+/// a pending one leaves the window. A leased one is left to its consumer (also one leased while
+/// the mark was being committed: it is delivered, at least once).
 pub(crate) async fn mark_done(
     broker: &Broker,
+    subscription_id: u64,
     group: &QueueGroup,
-    topic_id: u64,
-    partition: u32,
+    (topic_id, partition): PartitionKey,
     offset: u64,
-) -> Result<QueueChanges, BrokerError> {
+) -> Result<(), BrokerError> {
     let key = (topic_id, partition);
-    let info = broker.store.partition_info(topic_id, partition)?;
     let _gate = group.seek_gate.read().await;
-    let mut changes = QueueChanges::default();
+    let wanted = match lock(&group.state).partitions.get(&key) {
+        Some(entry) if offset < entry.floor => false,
+        Some(entry) if offset < entry.read_to => matches!(
+            entry.slots.get(&offset).map(|slot| &slot.state),
+            Some(SlotState::Pending { .. })
+        ),
+        _ => true,
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let changes = QueueChanges {
+        done: vec![(topic_id, partition, offset)],
+        ..QueueChanges::default()
+    };
+    broker
+        .store
+        .commit_queue_changes(subscription_id, changes)
+        .await?;
+    let start_offset = broker
+        .store
+        .partition_info(topic_id, partition)?
+        .start_offset;
     let mut state = lock(&group.state);
-    let entry = partition_entry(&mut state, key, info.start_offset);
+    let entry = partition_entry(&mut state, key, start_offset);
     if offset < entry.floor {
-        return Ok(changes);
+        return Ok(());
     }
     if offset >= entry.read_to {
         entry.done_ahead.insert(offset);
         entry.retries_ahead.remove(&offset);
-        changes.done.push((topic_id, partition, offset));
     } else if let Some(SlotState::Pending { .. }) = entry.slots.get(&offset).map(|slot| &slot.state)
     {
         entry.slots.remove(&offset);
-        changes.done.push((topic_id, partition, offset));
         entry.recompute_floor();
-        changes.floors.push((topic_id, partition, entry.floor));
     }
-    Ok(changes)
+    Ok(())
 }
 
-pub(crate) async fn pull(
-    broker: &Broker,
+/// Expires the leases past their deadline: their retries and dead letters are made durable.
+/// Runs in a task of its own (`run_to_end`), so a pull dropped meanwhile cannot leave them
+/// half-done.
+async fn expire_leases(
+    broker: &Arc<Broker>,
     subscription: &Subscription,
+) -> Result<(), BrokerError> {
+    let Some(group) = subscription.queue_group() else {
+        return Ok(());
+    };
+    let _gate = group.seek_gate.read().await;
+    let mut transitions = Vec::new();
+    expire(
+        &subscription.spec,
+        &mut lock(&group.state),
+        broker.clock_ms(),
+        &mut transitions,
+    );
+    make_durable(broker, subscription, group, transitions).await
+}
+
+/// Events a pull leased but has not handed out yet (in the order of its deliveries): given
+/// back untried when the pull ends without handing them out, because its caller went away, a
+/// read failed, or the answer was full.
+struct Handout<'a> {
+    group: &'a QueueGroup,
+    leases: std::collections::VecDeque<(PartitionKey, u64, u32)>,
+}
+
+impl Drop for Handout<'_> {
+    fn drop(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        {
+            let mut state = lock(&self.group.state);
+            for (key, offset, lease) in self.leases.drain(..) {
+                state.give_back(key, offset, lease);
+            }
+        }
+        self.group.changed.notify_waiters();
+    }
+}
+
+/// One event a pull leased: its topic, partition, offset, attempt, lease and deadline.
+type Chosen = (Arc<Topic>, u32, u64, u32, u32, u64);
+
+pub(crate) async fn pull(
+    broker: &Arc<Broker>,
+    subscription: &Arc<Subscription>,
     group: &QueueGroup,
     consumer: &str,
     max: usize,
@@ -709,16 +928,20 @@ pub(crate) async fn pull(
             })
             .collect();
         let now = broker.clock_ms();
-        let mut failures = Vec::new();
-        {
-            let _gate = group.seek_gate.read().await;
-            expire(spec, &mut lock(&group.state), now, &mut failures);
-            settle_failures(broker, subscription, group, failures).await?;
+        if now >= lock(&group.state).earliest_deadline_ms {
+            // Leases ran out: their retries and dead letters become durable in a task of their
+            // own, which a pull dropped meanwhile cannot stop half-way.
+            let (broker, subscription) = (broker.clone(), subscription.clone());
+            run_to_end(async move { expire_leases(&broker, &subscription).await }).await?;
         }
         fill_windows(broker, group, &partitions).await?;
 
         // Lease what is due, in offset order per partition, partitions in turn.
-        let mut chosen: Vec<(Arc<Topic>, u32, u64, u32, u32, u64)> = Vec::new();
+        let mut chosen: Vec<Chosen> = Vec::new();
+        let mut handout = Handout {
+            group,
+            leases: std::collections::VecDeque::new(),
+        };
         let mut next_due = u64::MAX;
         {
             let mut state = lock(&group.state);
@@ -758,6 +981,8 @@ pub(crate) async fn pull(
                             SlotState::Leased { deadline_ms, .. } => {
                                 next_due = next_due.min(deadline_ms)
                             }
+                            // Its change ends soon and wakes the group.
+                            SlotState::Settling => {}
                         }
                     }
                 }
@@ -778,6 +1003,7 @@ pub(crate) async fn pull(
                     if attempts > 1 {
                         state.redelivered += 1;
                     }
+                    handout.leases.push_back((key, offset, lease));
                     chosen.push((
                         topic.clone(),
                         *partition,
@@ -790,7 +1016,7 @@ pub(crate) async fn pull(
             }
         }
         if !chosen.is_empty() {
-            return read_deliveries(broker, subscription, group, chosen).await;
+            return read_deliveries(broker, subscription, handout, chosen).await;
         }
         // Events already stored but not read into the window yet (a chunk the filter refused,
         // or done before a restart): read on at once rather than wait for a new append.
@@ -816,6 +1042,14 @@ pub(crate) async fn pull(
         if now_instant >= deadline {
             return Ok(Vec::new());
         }
+        // A lease due already would make this wait a 1 ms spin; `earliest_deadline_ms` bounds
+        // every lease, so the expiry above took it.
+        debug_assert!(
+            next_due > now
+                || next_due == u64::MAX
+                || lock(&group.state).earliest_deadline_ms <= now,
+            "a lease past its deadline escaped expiry"
+        );
         // Wait for an append, an ack/nack/expiry, a new topic, the next due time, or the end.
         let until_due = if next_due == u64::MAX {
             deadline
@@ -845,38 +1079,22 @@ pub(crate) async fn pull(
 /// offset, whatever this says); a 1 MiB read per pull cost most of a webhook delivery's CPU.
 const DELIVERY_READ_BYTES: u32 = 64 * 1024;
 
-/// Reads the leased events back from the log and makes their deliveries.
+/// Reads the leased events back from the log and makes their deliveries. What it does not
+/// hand out (the answer is full, a read failed, the caller went away) `handout` gives back.
 async fn read_deliveries(
     broker: &Broker,
     subscription: &Subscription,
-    group: &QueueGroup,
-    chosen: Vec<(Arc<Topic>, u32, u64, u32, u32, u64)>,
+    mut handout: Handout<'_>,
+    chosen: Vec<Chosen>,
 ) -> Result<Vec<Delivery>, BrokerError> {
+    let group = handout.group;
     let mut deliveries = Vec::with_capacity(chosen.len());
     let mut cache: Vec<Record> = Vec::new();
     let mut cache_key = (0u64, u32::MAX);
     let mut bytes = 0usize;
-    let mut chosen = chosen.into_iter();
-    while let Some((topic, partition, offset, attempts, lease, deadline_ms)) = chosen.next() {
+    for (topic, partition, offset, attempts, lease, deadline_ms) in chosen {
         if bytes >= broker.config().response_bytes_max {
             // The answer is full: what was leased beyond it goes back, as if never handed out.
-            let mut state = lock(&group.state);
-            for (topic, partition, offset, _, lease, _) in
-                std::iter::once((topic, partition, offset, attempts, lease, deadline_ms))
-                    .chain(chosen)
-            {
-                let slot = state
-                    .partitions
-                    .get_mut(&(topic.record.id, partition))
-                    .and_then(|entry| entry.slots.get_mut(&offset));
-                if let Some(slot) = slot
-                    && matches!(slot.state, SlotState::Leased { lease: current, .. } if current == lease)
-                {
-                    slot.attempts -= 1;
-                    slot.state = SlotState::Pending { not_before_ms: 0 };
-                }
-                state.delivered -= 1;
-            }
             break;
         }
         let key = (topic.record.id, partition);
@@ -896,7 +1114,12 @@ async fn read_deliveries(
                 cache_key = key;
                 match cache.iter().find(|record| record.offset == offset) {
                     Some(record) => record.clone(),
-                    None => continue,
+                    // Gone from the log (retention, or its topic deleted): nothing to deliver;
+                    // its lease runs out and the event leaves with the window.
+                    None => {
+                        handout.leases.pop_front();
+                        continue;
+                    }
                 }
             }
         };
@@ -920,6 +1143,9 @@ async fn read_deliveries(
                 event: record.payload,
             },
         });
+        // Handed out (in the answer being made): no longer to give back.
+        let handed = handout.leases.pop_front();
+        debug_assert_eq!(handed, Some((key, offset, lease)));
     }
     Ok(deliveries)
 }
@@ -949,7 +1175,7 @@ pub enum Settle {
 }
 
 pub(crate) async fn settle(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     subscription: &Subscription,
     group: &QueueGroup,
     receipts: &[String],
@@ -959,9 +1185,8 @@ pub(crate) async fn settle(
     let _gate = group.seek_gate.read().await;
     let now = broker.clock_ms();
     let mut statuses = Vec::with_capacity(receipts.len());
-    let mut changes = QueueChanges::default();
-    let mut failures = Vec::new();
-    let mut touched = BTreeSet::new();
+    let mut transitions = Vec::new();
+    let mut released = false;
     {
         let mut state = lock(&group.state);
         for text in receipts {
@@ -974,31 +1199,28 @@ pub(crate) async fn settle(
                 continue;
             };
             let key = (receipt.topic_id, receipt.partition);
-            let current = state
-                .partitions
-                .get(&key)
-                .and_then(|entry| entry.slots.get(&receipt.offset))
-                .and_then(|slot| match &slot.state {
-                    SlotState::Leased {
-                        deadline_ms, lease, ..
-                    } if group.epoch(*lease) == receipt.epoch && *deadline_ms > now => {
-                        Some((*deadline_ms, slot.attempts))
-                    }
-                    _ => None,
+            let jitter = state.jitter();
+            let QueueState {
+                partitions,
+                delivered,
+                redelivered,
+                ..
+            } = &mut *state;
+            let current = partitions
+                .get_mut(&key)
+                .and_then(|entry| entry.slots.get_mut(&receipt.offset))
+                .filter(|slot| {
+                    matches!(&slot.state, SlotState::Leased { deadline_ms, lease, .. }
+                        if group.epoch(*lease) == receipt.epoch && *deadline_ms > now)
                 });
-            let Some((deadline_ms, attempts)) = current else {
+            let Some(slot) = current else {
                 statuses.push(AckStatus::Stale);
                 continue;
             };
             statuses.push(AckStatus::Ok);
+            let offset = receipt.offset;
             match &action {
-                Settle::Ack => {
-                    let entry = state.partitions.get_mut(&key).expect("found above");
-                    entry.slots.remove(&receipt.offset);
-                    changes.done.push((key.0, key.1, receipt.offset));
-                    touched.insert(key);
-                    state.acked += 1;
-                }
+                Settle::Ack => transitions.push(begin(slot, key, offset, After::Done)),
                 Settle::Nack { delay } | Settle::Fail { delay, .. } => {
                     let delay_ms =
                         delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
@@ -1006,80 +1228,45 @@ pub(crate) async fn settle(
                         Settle::Fail { reason, .. } => reason.as_str(),
                         _ => "nacked",
                     };
-                    fail_attempt(
-                        spec,
-                        &mut state,
-                        key,
-                        receipt.offset,
-                        attempts,
-                        now,
-                        delay_ms,
-                        what,
-                        &mut failures,
-                    );
+                    let after = after_failure(spec, slot.attempts, now, delay_ms, jitter, what);
+                    transitions.push(begin(slot, key, offset, after));
+                }
+                Settle::Reject { reason } => {
+                    let after = After::DeadLetter {
+                        reason: format!("rejected: {reason}"),
+                    };
+                    transitions.push(begin(slot, key, offset, after));
                 }
                 Settle::Extend { by } => {
+                    // Leases are not durable: an extension is memory only.
                     let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
                     let cap = now
                         .saturating_add(u64::try_from(LEASE_MAX.as_millis()).unwrap_or(u64::MAX));
-                    let slot = state
-                        .partitions
-                        .get_mut(&key)
-                        .and_then(|entry| entry.slots.get_mut(&receipt.offset))
-                        .expect("found above");
-                    if let SlotState::Leased {
-                        deadline_ms: deadline,
-                        ..
-                    } = &mut slot.state
-                    {
-                        *deadline = deadline_ms.saturating_add(by_ms).min(cap);
+                    if let SlotState::Leased { deadline_ms, .. } = &mut slot.state {
+                        *deadline_ms = deadline_ms.saturating_add(by_ms).min(cap);
                     }
                 }
                 Settle::Release => {
-                    let slot = state
-                        .partitions
-                        .get_mut(&key)
-                        .and_then(|entry| entry.slots.get_mut(&receipt.offset))
-                        .expect("found above");
                     // Undo what the lease counted: the next lease counts it again.
                     let was_redelivery = slot.attempts > 1;
                     slot.attempts = slot.attempts.saturating_sub(1);
                     slot.state = SlotState::Pending { not_before_ms: 0 };
-                    state.delivered = state.delivered.saturating_sub(1);
+                    *delivered = delivered.saturating_sub(1);
                     if was_redelivery {
-                        state.redelivered = state.redelivered.saturating_sub(1);
+                        *redelivered = redelivered.saturating_sub(1);
                     }
+                    released = true;
                 }
-                Settle::Reject { reason } => {
-                    let slot = state
-                        .partitions
-                        .get_mut(&key)
-                        .and_then(|entry| entry.slots.get_mut(&receipt.offset))
-                        .expect("found above");
-                    slot.state = parked(now);
-                    failures.push(Failure::DeadLetter {
-                        topic: key.0,
-                        partition: key.1,
-                        offset: receipt.offset,
-                        reason: format!("rejected: {reason}"),
-                    });
-                }
-            }
-        }
-        for key in touched {
-            if let Some(entry) = state.partitions.get_mut(&key) {
-                entry.recompute_floor();
-                changes.floors.push((key.0, key.1, entry.floor));
             }
         }
     }
-    // Durable before answering: acks (and the retries of nacks) in one group-committed write.
-    broker
-        .store
-        .commit_queue_changes(subscription.id, changes)
-        .await?;
-    settle_failures(broker, subscription, group, failures).await?;
-    group.changed.notify_waiters();
+    // Durable before answering, and before memory shows it: acks, retries and dead letters
+    // in one group-committed write.
+    let settled = !transitions.is_empty();
+    make_durable(broker, subscription, group, transitions).await?;
+    if released && !settled {
+        group.changed.notify_waiters();
+    }
     Ok(statuses)
 }
 
@@ -1091,9 +1278,18 @@ pub(crate) async fn seek(
 ) -> Result<(), BrokerError> {
     let partitions = covered(broker, subscription);
     let targets = crate::stream::seek_positions(broker, &partitions, &target).await?;
+    // With the gate held exclusively no event is settling; with the fill lock nothing is read
+    // into the windows meanwhile.
     let _gate = group.seek_gate.write().await;
     let _fill = group.fill_lock.lock().await;
-    let mut changes = QueueChanges::default();
+    let changes = QueueChanges {
+        resets: targets.clone(),
+        ..QueueChanges::default()
+    };
+    broker
+        .store
+        .commit_queue_changes(subscription.id, changes)
+        .await?;
     {
         let mut state = lock(&group.state);
         for (topic, partition, offset) in &targets {
@@ -1107,21 +1303,33 @@ pub(crate) async fn seek(
                     ..QueuePartition::default()
                 },
             );
-            changes.resets.push((*topic, *partition, *offset));
         }
     }
-    broker
-        .store
-        .commit_queue_changes(subscription.id, changes)
-        .await?;
     group.changed.notify_waiters();
     Ok(())
+}
+
+/// The setting that keeps how far a subscription's redrives have read one partition of its
+/// dead-letter topic. It is keyed by the subscription's name, like `deadlettersubscription`:
+/// a subscription deleted and created again under the same name (to change its settings)
+/// redrives what the old one had not, and never one dead letter twice.
+fn redrive_cursor_key(subscription: &str, dead_letter_topic_id: u64, partition: u32) -> String {
+    format!("redrive_cursor.{subscription}.{dead_letter_topic_id}.{partition}")
+}
+
+/// The key of the same cursor before it was keyed by name (by subscription id).
+fn legacy_redrive_cursor_key(
+    subscription_id: u64,
+    dead_letter_topic_id: u64,
+    partition: u32,
+) -> String {
+    format!("redrive_cursor:{subscription_id}:{dead_letter_topic_id}:{partition}")
 }
 
 /// Moves up to `max` events of this subscription from its dead-letter topic back into it (into
 /// its own redrive topic, which only it reads). Returns how many.
 pub(crate) async fn redrive(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     subscription: &Subscription,
     group: &QueueGroup,
     max: usize,
@@ -1134,11 +1342,14 @@ pub(crate) async fn redrive(
     let mut moved = Vec::new();
     let mut cursors = Vec::new();
     for partition in 0..dead_letters.record.partitions {
-        let cursor_key = format!(
-            "redrive_cursor:{}:{}:{partition}",
-            subscription.id, dead_letters.record.id
-        );
-        let mut cursor = match broker.store.setting(&cursor_key)? {
+        let cursor_key = redrive_cursor_key(&subscription.name, dead_letters.record.id, partition);
+        let legacy_key =
+            legacy_redrive_cursor_key(subscription.id, dead_letters.record.id, partition);
+        let stored = match broker.store.setting(&cursor_key).await? {
+            Some(bytes) => Some(bytes),
+            None => broker.store.setting(&legacy_key).await?,
+        };
+        let mut cursor = match stored {
             Some(bytes) if bytes.len() == 8 => {
                 u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
             }
@@ -1176,7 +1387,8 @@ pub(crate) async fn redrive(
             }
         }
         if cursor != start {
-            cursors.push((cursor_key, cursor));
+            cursors.push((cursor_key, Some(cursor.to_le_bytes().to_vec())));
+            cursors.push((legacy_key, None));
         }
     }
     let owned: Vec<OwnedEvent> = moved
@@ -1189,13 +1401,10 @@ pub(crate) async fn redrive(
             .append_internal(&redrive_topic(&subscription.name), &events)
             .await?;
     }
-    // A crash between the append above and these writes redrives those events again on the
+    // A crash between the append above and this write redrives those events again on the
     // next call (at-least-once).
-    for (cursor_key, cursor) in cursors {
-        broker
-            .store
-            .put_setting(&cursor_key, cursor.to_le_bytes().to_vec())
-            .await?;
+    if !cursors.is_empty() {
+        broker.store.put_settings(cursors).await?;
     }
     Ok(events.len())
 }
@@ -1227,10 +1436,11 @@ pub(crate) async fn stats(
                     let unread = info
                         .end_offset
                         .saturating_sub(entry.read_to.max(info.start_offset));
+                    // Leased, or settling (an ack or a nack on its way to the store).
                     let leased = entry
                         .slots
                         .values()
-                        .filter(|slot| matches!(slot.state, SlotState::Leased { .. }))
+                        .filter(|slot| !matches!(slot.state, SlotState::Pending { .. }))
                         .count() as u64;
                     let pending = entry.slots.len() as u64 - leased;
                     stats.backlog += unread + pending;

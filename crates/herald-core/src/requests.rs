@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, watch};
 
-use crate::broker::{Broker, BrokerError, EventToPublish, Group, Published};
+use crate::broker::{Broker, BrokerError, EventToPublish, Published, run_to_end};
 use crate::meta::{RequestOutcome, RequestRecord, RequestWrite};
 use crate::names;
 use crate::subscription::{Start, SubscriptionSpec};
@@ -131,6 +131,10 @@ struct Pending {
     event_key: (String, String, String),
     /// A reply or the expiry is being recorded: a second one is refused.
     claimed: bool,
+    /// True once the request's record is stored and its event published. Until then a retry of
+    /// the same event waits for the call that is making it; if that fails, the request is
+    /// removed (the sender dropped) and the retry makes it anew.
+    made: watch::Sender<bool>,
     outcome: watch::Sender<Option<Arc<Outcome>>>,
 }
 
@@ -221,6 +225,7 @@ impl Requests {
                             deadline_ms: record.deadline_ms,
                             event_key: key,
                             claimed: false,
+                            made: watch::Sender::new(true),
                             outcome: watch::Sender::new(None),
                         },
                     );
@@ -236,6 +241,10 @@ impl Requests {
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
         self.wake.notify_one();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
     }
 
     /// Requests pending now.
@@ -265,11 +274,31 @@ impl Requests {
     }
 }
 
+/// A request as the task that makes it owns it.
+#[derive(Debug)]
+struct RequestToMake {
+    id: String,
+    topic: String,
+    /// The request event's id, source, type and partition key.
+    event_id: String,
+    event_source: String,
+    event_type: String,
+    partition_key: Option<String>,
+    /// The request event with `correlationid` and `replyto`.
+    body: Vec<u8>,
+    group: String,
+    context: Option<String>,
+    deadline: Duration,
+    service: Option<String>,
+}
+
 impl Broker {
     /// Makes a request: records it, publishes the request event with `correlationid` and
     /// `replyto`, and returns a handle to wait on. The reply group's topic and queue
-    /// subscription exist before the event is visible, so no reply can be missed.
-    pub async fn request(&self, new: NewRequest<'_>) -> Result<Waiter, BrokerError> {
+    /// subscription exist before the event is visible, so no reply can be missed. Once the
+    /// request is checked, making it runs to its end even if the caller goes away; a retry of the
+    /// same event meanwhile waits for it and joins it.
+    pub async fn request(self: &Arc<Self>, new: NewRequest<'_>) -> Result<Waiter, BrokerError> {
         names::check_topic_name(new.topic)?;
         if names::is_internal(new.topic) {
             return Err(BrokerError::Invalid(format!(
@@ -305,64 +334,109 @@ impl Broker {
                 )));
             }
         }
-        self.ensure_reply_group(new.group).await?;
+        let id = ulid::Ulid::new().to_string();
+        let request = RequestToMake {
+            body: with_extensions(
+                new.event.body,
+                &[("correlationid", &id), ("replyto", &reply_topic)],
+            ),
+            id,
+            topic: new.topic.to_owned(),
+            event_id: new.event.id.clone().into_owned(),
+            event_source: new.event.source.clone().into_owned(),
+            event_type: new.event.event_type.clone().into_owned(),
+            partition_key: new.event.partition_key.clone().map(Cow::into_owned),
+            group: new.group.to_owned(),
+            context: new.context,
+            deadline: new.deadline,
+            service: new.service.map(str::to_owned),
+        };
+        let broker = self.clone();
+        run_to_end(async move { broker.make_request(request).await }).await
+    }
 
+    async fn make_request(self: &Arc<Self>, new: RequestToMake) -> Result<Waiter, BrokerError> {
+        self.ensure_reply_group(&new.group).await?;
         let event_key = (
-            new.topic.to_owned(),
-            new.event.source.clone().into_owned(),
-            new.event.id.clone().into_owned(),
+            new.topic.clone(),
+            new.event_source.clone(),
+            new.event_id.clone(),
         );
         let now = self.clock_ms();
         let deadline_ms = now.saturating_add(millis(new.deadline));
-        let id = ulid::Ulid::new().to_string();
-        let waiter = {
-            let mut state = lock(&self.requests.state);
-            if state.closed {
-                return Err(BrokerError::Overloaded(
-                    "the server is shutting down".into(),
-                ));
-            }
-            if let Some(existing) = state.by_event.get(&event_key).cloned() {
-                let pending = &state.pending[&existing];
+        let id = new.id.clone();
+        // Join a request made earlier with the same event, or take its place.
+        let waiter = loop {
+            let (existing, group, mut being_made, outcome) = {
+                let mut state = lock(&self.requests.state);
+                if state.closed {
+                    return Err(BrokerError::Overloaded(
+                        "the server is shutting down".into(),
+                    ));
+                }
+                if let Some(existing) = state.by_event.get(&event_key).cloned() {
+                    let pending = &state.pending[&existing];
+                    if *pending.made.borrow() {
+                        return Ok(Waiter {
+                            id: existing,
+                            group: pending.group.clone(),
+                            joined: true,
+                            outcome: pending.outcome.subscribe(),
+                        });
+                    }
+                    (
+                        existing,
+                        pending.group.clone(),
+                        pending.made.subscribe(),
+                        pending.outcome.subscribe(),
+                    )
+                } else {
+                    let limit = self.config().pending_requests_max;
+                    if state.pending.len() >= limit {
+                        return Err(BrokerError::Overloaded(format!(
+                            "{limit} requests are pending (the limit, pending_requests_max); retry when some are answered or expire"
+                        )));
+                    }
+                    state.by_event.insert(event_key.clone(), id.clone());
+                    let outcome = watch::Sender::new(None);
+                    let waiter = Waiter {
+                        id: id.clone(),
+                        group: new.group.clone(),
+                        joined: false,
+                        outcome: outcome.subscribe(),
+                    };
+                    state.pending.insert(
+                        id.clone(),
+                        Pending {
+                            group: new.group.clone(),
+                            deadline_ms,
+                            event_key: event_key.clone(),
+                            claimed: false,
+                            made: watch::Sender::new(false),
+                            outcome,
+                        },
+                    );
+                    break waiter;
+                }
+            };
+            // Another call is making a request with this event: wait until it is made (then
+            // join it), or has ended (answered at once: join its outcome; failed: make it here).
+            let _ = being_made.wait_for(|made| *made).await;
+            if outcome.borrow().is_some() {
                 return Ok(Waiter {
                     id: existing,
-                    group: pending.group.clone(),
+                    group,
                     joined: true,
-                    outcome: pending.outcome.subscribe(),
+                    outcome,
                 });
             }
-            let limit = self.config().pending_requests_max;
-            if state.pending.len() >= limit {
-                return Err(BrokerError::Overloaded(format!(
-                    "{limit} requests are pending (the limit, pending_requests_max); retry when some are answered or expire"
-                )));
-            }
-            state.by_event.insert(event_key.clone(), id.clone());
-            let outcome = watch::Sender::new(None);
-            let waiter = Waiter {
-                id: id.clone(),
-                group: new.group.to_owned(),
-                joined: false,
-                outcome: outcome.subscribe(),
-            };
-            state.pending.insert(
-                id.clone(),
-                Pending {
-                    group: new.group.to_owned(),
-                    deadline_ms,
-                    event_key: event_key.clone(),
-                    claimed: false,
-                    outcome,
-                },
-            );
-            waiter
         };
         let record = RequestRecord {
             id: id.clone(),
-            topic: new.topic.to_owned(),
-            group: new.group.to_owned(),
-            event_source: event_key.1.clone(),
-            event_id: event_key.2.clone(),
+            topic: new.topic.clone(),
+            group: new.group.clone(),
+            event_source: new.event_source.clone(),
+            event_id: new.event_id.clone(),
             context: new.context.clone(),
             created_ms: now,
             deadline_ms,
@@ -378,33 +452,35 @@ impl Broker {
             self.requests.finish(&id, None);
             return Err(error.into());
         }
-        {
-            let mut state = lock(&self.requests.state);
-            let earliest = state
-                .deadlines
-                .first()
-                .is_none_or(|(first, _)| deadline_ms < *first);
-            state.deadlines.insert((deadline_ms, id.clone()));
-            if earliest {
-                self.requests.wake.notify_one();
-            }
-        }
-
-        let body = with_extensions(
-            new.event.body,
-            &[("correlationid", &id), ("replyto", &reply_topic)],
-        );
         let event = EventToPublish {
-            body: &body,
-            ..new.event.clone()
+            id: Cow::Borrowed(&new.event_id),
+            source: Cow::Borrowed(&new.event_source),
+            event_type: Cow::Borrowed(&new.event_type),
+            partition_key: new.partition_key.as_deref().map(Cow::Borrowed),
+            body: &new.body,
         };
-        let published = self.publish(new.topic, &[event], new.service).await;
+        let published = self
+            .publish(&new.topic, &[event], new.service.as_deref())
+            .await;
         let refused = match published {
             Ok(positions)
                 if positions
                     .first()
                     .is_some_and(|position| !position.duplicate) =>
             {
+                // Made: from now on its deadline counts, and retries join it.
+                let mut state = lock(&self.requests.state);
+                if let Some(pending) = state.pending.get(&id) {
+                    pending.made.send_replace(true);
+                    let earliest = state
+                        .deadlines
+                        .first()
+                        .is_none_or(|(first, _)| deadline_ms < *first);
+                    state.deadlines.insert((deadline_ms, id.clone()));
+                    if earliest {
+                        self.requests.wake.notify_one();
+                    }
+                }
                 return Ok(waiter);
             }
             Ok(_) => BrokerError::Conflict(format!(
@@ -426,7 +502,7 @@ impl Broker {
     }
 
     /// Creates `_replies.{group}` and its queue subscription if they do not exist.
-    async fn ensure_reply_group(&self, group: &str) -> Result<(), BrokerError> {
+    async fn ensure_reply_group(self: &Arc<Self>, group: &str) -> Result<(), BrokerError> {
         let name = reply_topic(group);
         if self.subscription(&name).is_ok() {
             return Ok(());
@@ -449,7 +525,13 @@ impl Broker {
 
     /// Records the first reply to a request and hands it to the waiting callers. A second reply
     /// is a `Conflict`; a reply after the deadline is `Gone`; an unknown id `RequestNotFound`.
-    pub async fn reply(&self, id: &str, event: &EventToPublish<'_>) -> Result<(), BrokerError> {
+    /// Once checked, the reply runs to its end (claimed, recorded, appended, handed over) even
+    /// if the caller goes away.
+    pub async fn reply(
+        self: &Arc<Self>,
+        id: &str,
+        event: &EventToPublish<'_>,
+    ) -> Result<(), BrokerError> {
         check_id(id)?;
         let present = attributes(event.body)?;
         match present.get("correlationid") {
@@ -461,6 +543,18 @@ impl Broker {
                 )));
             }
         }
+        let body = if present.contains_key("correlationid") {
+            event.body.to_vec()
+        } else {
+            with_extensions(event.body, &[("correlationid", id)])
+        };
+        let broker = self.clone();
+        let id = id.to_owned();
+        run_to_end(async move { broker.record_reply(&id, body).await }).await
+    }
+
+    /// Claims a request for its reply, records the reply, appends it and hands it over.
+    async fn record_reply(self: &Arc<Self>, id: &str, body: Vec<u8>) -> Result<(), BrokerError> {
         let group = {
             let mut state = lock(&self.requests.state);
             match state.pending.get_mut(id) {
@@ -493,11 +587,6 @@ impl Broker {
                 },
             });
         };
-        let body = if present.contains_key("correlationid") {
-            event.body.to_vec()
-        } else {
-            with_extensions(event.body, &[("correlationid", id)])
-        };
         let recorded = self.record_outcome(id, &group, false, &body).await;
         let (record, position) = match recorded {
             Ok(recorded) => recorded,
@@ -514,7 +603,7 @@ impl Broker {
     /// Returns the updated record and where the event was appended (`None` when the append
     /// failed: it is retried in the background, the outcome itself is durable).
     async fn record_outcome(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         group: &str,
         expired: bool,
@@ -602,7 +691,7 @@ impl Broker {
     /// Appends a recorded outcome's event to the reply topic; with `search`, only if it is not
     /// there already (after a restart between the append and its mark).
     async fn append_outcome(
-        &self,
+        self: &Arc<Self>,
         record: &RequestRecord,
         search: bool,
     ) -> Result<Published, BrokerError> {
@@ -673,7 +762,7 @@ impl Broker {
 
     /// Ends a request that reached its deadline unanswered: records the expiry and appends one
     /// `herald.request.expired` event to the reply topic.
-    async fn expire_request(&self, id: &str) {
+    async fn expire_request(self: &Arc<Self>, id: &str) {
         let group = {
             let mut state = lock(&self.requests.state);
             match state.pending.get_mut(id) {
@@ -712,7 +801,7 @@ impl Broker {
     /// One round of the expiry task: expires what is due, appends outcomes left unappended.
     /// Returns how long to sleep before the next round (`None`: until woken, so an idle broker
     /// holds no timer).
-    async fn requests_round(&self) -> Option<Duration> {
+    async fn requests_round(self: &Arc<Self>) -> Option<Duration> {
         let now = self.clock_ms();
         let marks = std::mem::take(&mut lock(&self.requests.state).marks);
         if !marks.is_empty()
@@ -793,8 +882,8 @@ impl Broker {
     /// The reply a waiting caller was answered with need not be delivered again: marks it done in
     /// the group's reply queue (unless a consumer has already leased it).
     /// A reply without a position (its append is still being retried) has nothing to mark.
-    pub async fn reply_taken(
-        &self,
+    pub fn reply_taken(
+        self: &Arc<Self>,
         group: &str,
         position: Option<Published>,
     ) -> Result<(), BrokerError> {
@@ -804,27 +893,28 @@ impl Broker {
         let name = reply_topic(group);
         let topic = self.topic(&name)?;
         let subscription = self.subscription(&name)?;
-        if let Group::Queue(queue) = &*subscription.group {
-            let changes = crate::queue::mark_done(
-                self,
+        if subscription.queue_group().is_none() {
+            return Ok(());
+        }
+        // In the background, durably and then in memory: the requester has its reply now, and
+        // a crash before the mark is stored only means the reply queue delivers the reply too.
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let Some(queue) = subscription.queue_group() else {
+                return;
+            };
+            let marked = crate::queue::mark_done(
+                &broker,
+                subscription.id,
                 queue,
-                topic.record.id,
-                position.partition,
+                (topic.record.id, position.partition),
                 position.offset,
             )
-            .await?;
-            if !changes.is_empty() {
-                // Durable in the background: the requester has its reply now, and a crash before
-                // this commit only means the reply queue delivers the reply once more.
-                let store = self.store.clone();
-                let id = subscription.id;
-                tokio::spawn(async move {
-                    if let Err(error) = store.commit_queue_changes(id, changes).await {
-                        tracing::warn!(%error, "could not store a reply as taken");
-                    }
-                });
+            .await;
+            if let Err(error) = marked {
+                tracing::warn!(%error, "could not store a reply as taken; the reply queue delivers it too");
             }
-        }
+        });
         Ok(())
     }
 

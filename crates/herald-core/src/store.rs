@@ -144,9 +144,14 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
     fn put_service(&self, service: ServiceRecord) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>>;
     /// Stores a setting durably (off the async threads).
     fn put_setting(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Stores (`Some`) and removes (`None`) settings, durably, in one transaction.
+    fn put_settings(
+        &self,
+        settings: Vec<(String, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// How long the store's syncs took, for metrics (`None` when it does not know).
     fn sync_histogram(&self) -> Option<SyncHistogram>;
@@ -180,7 +185,7 @@ enum Change {
     Requests(Vec<RequestWrite>),
 }
 
-type QueueCommit = (Change, tokio::sync::oneshot::Sender<Result<(), String>>);
+type QueueCommit = (Change, tokio::sync::oneshot::Sender<Result<(), MetaError>>);
 
 /// Most queue-state changes waiting for the committer; more callers wait for room.
 const QUEUE_COMMITS_QUEUED_MAX: usize = 4096;
@@ -209,9 +214,7 @@ fn run_queue_committer(
             }
             replies.push(reply);
         }
-        let result = meta
-            .apply_changes(&batches, &requests)
-            .map_err(|error| error.to_string());
+        let result = meta.apply_changes(&batches, &requests);
         for reply in replies {
             let _ = reply.send(result.clone());
         }
@@ -244,7 +247,7 @@ async fn commit(
     answer
         .await
         .map_err(|_| StoreError::Worker("the metadata committer stopped".into()))?
-        .map_err(|error| StoreError::Meta(MetaError::from_text(error)))
+        .map_err(StoreError::Meta)
 }
 
 impl LocalStore {
@@ -555,8 +558,18 @@ impl Store for LocalStore {
         Box::pin(blocking(move || Ok(inner.meta.put_service(&service)?)))
     }
 
-    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.inner.meta.setting(key)?)
+    fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
+        let meta = self.inner.meta.clone();
+        let key = key.to_owned();
+        Box::pin(blocking(move || Ok(meta.setting(&key)?)))
+    }
+
+    fn put_settings(
+        &self,
+        settings: Vec<(String, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let meta = self.inner.meta.clone();
+        Box::pin(blocking(move || Ok(meta.put_settings(&settings)?)))
     }
 
     fn put_setting(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -20,7 +20,7 @@ use herald_log::ReadError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, BrokerError, StoredEvent, Subscription, Topic, now_ms};
+use crate::broker::{Broker, BrokerError, Counters, StoredEvent, Subscription, Topic, now_ms};
 use crate::receipt::StreamReceipt;
 use crate::store::StoreError;
 
@@ -109,7 +109,9 @@ struct GroupState {
     next_epoch: u64,
     delivered: u64,
     acked: u64,
-    /// When a partition's uncommitted deliveries were last handed out.
+    /// When a partition's uncommitted deliveries were last handed out; removed once a commit
+    /// reaches the fetch position. Past `ack_timeout` they count as lost and are handed out
+    /// again.
     handed_out: HashMap<PartitionKey, Instant>,
     /// Rotates which partition a pull reads first, so one busy partition cannot starve others.
     rotation: usize,
@@ -158,6 +160,18 @@ impl StreamGroup {
         self.closed.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
+
+    /// Delivered and acked (a stream has no redeliveries or dead letters of its own).
+    pub(crate) fn counters(&self) -> Counters {
+        let state = lock(&self.state);
+        [state.delivered, state.acked, 0, 0]
+    }
+
+    pub(crate) fn restore_counters(&self, [delivered, acked, _, _]: Counters) {
+        let mut state = lock(&self.state);
+        state.delivered = delivered;
+        state.acked = acked;
+    }
 }
 
 impl GroupState {
@@ -179,6 +193,7 @@ impl GroupState {
                     _ => {
                         changed = true;
                         self.fetch.remove(partition);
+                        self.handed_out.remove(partition);
                         let epoch = self.next_epoch;
                         self.next_epoch += 1;
                         Owner {
@@ -196,6 +211,7 @@ impl GroupState {
         for partition in self.assignment.keys() {
             if !assignment.contains_key(partition) {
                 self.fetch.remove(partition);
+                self.handed_out.remove(partition);
             }
         }
         self.assignment = assignment;
@@ -421,8 +437,9 @@ async fn pull_until_deadline(
                 advanced.push((key, plan.epoch, next));
             }
         }
-        {
+        let redeliver_at = {
             let mut state = lock(&group.state);
+            let now = Instant::now();
             for (key, epoch, next) in &advanced {
                 // The pull lock keeps the assignment as planned; check anyway.
                 if state
@@ -430,11 +447,26 @@ async fn pull_until_deadline(
                     .get(key)
                     .is_some_and(|owner| owner.epoch == *epoch)
                 {
-                    state.fetch.insert(*key, *next);
+                    let previous = state.fetch.insert(*key, *next);
+                    debug_assert!(
+                        previous.is_none_or(|previous| previous <= *next),
+                        "a fetch position moved back"
+                    );
+                    state.handed_out.insert(*key, now);
                 }
             }
             state.delivered += deliveries.len() as u64;
-        }
+            // When the earliest of this consumer's uncommitted hand-outs counts as lost.
+            plans
+                .iter()
+                .filter_map(|plan| {
+                    state
+                        .handed_out
+                        .get(&(plan.topic.record.id, plan.partition))
+                })
+                .min()
+                .map(|handed_out| *handed_out + timeout)
+        };
         drop(guard);
         if !deliveries.is_empty() || Instant::now() >= deadline {
             return Ok(deliveries);
@@ -456,10 +488,13 @@ async fn pull_until_deadline(
             let _ = topics_changed.changed().await;
         }));
         let any_append = futures_util::future::select_all(waits);
+        // Also wake when uncommitted hand-outs count as lost, to hand them out again.
+        let wake_at =
+            redeliver_at.map_or(deadline, |at| (at + Duration::from_millis(1)).min(deadline));
         tokio::select! {
             _ = any_append => {}
             _ = changed => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
         }
     }
 }
@@ -519,6 +554,10 @@ pub(crate) async fn ack(
             state.committed.insert(key, committed);
             let fetch = state.fetch.entry(key).or_insert(committed);
             *fetch = (*fetch).max(committed);
+            if *fetch <= committed {
+                // Everything handed out is committed: nothing left to count as lost.
+                state.handed_out.remove(&key);
+            }
         }
     }
     Ok(statuses)
@@ -616,6 +655,7 @@ pub(crate) async fn seek(
         let key = (topic_id, partition);
         state.committed.insert(key, offset);
         state.fetch.remove(&key);
+        state.handed_out.remove(&key);
         // Deliveries made before the seek must not commit after it.
         let epoch = state.next_epoch;
         if let Some(owner) = state.assignment.get_mut(&key) {

@@ -153,9 +153,7 @@ impl From<BrokerError> for Problem {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "disk-full",
                 "Insufficient storage",
-                format!(
-                    "{detail}; the events of the partition that failed were not acknowledged (retry them: deduplication keeps those stored in other partitions from doubling), and what was stored before is intact"
-                ),
+                detail,
             ),
             BrokerError::NotImplemented(_) => Problem::new(
                 StatusCode::NOT_IMPLEMENTED,

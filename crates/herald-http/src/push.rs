@@ -225,11 +225,9 @@ pub async fn patch_subscription(
         None => SECRET_GRACE_DEFAULT,
     };
     let now_ms = broker.clock_ms();
-    let mut rotated = false;
-    let subscription = broker
-        .update_push(&name, None, |push| {
-            rotated = apply_patch(patch, new_secret, grace, now_ms, push)?;
-            Ok(())
+    let (subscription, rotated) = broker
+        .update_push(&name, None, move |push| {
+            apply_patch(patch, new_secret, grace, now_ms, push)
         })
         .await?;
     Ok(json_response(

@@ -193,7 +193,7 @@ pub async fn post_request(
                 },
             );
             // The reply reaches its requester: the reply queue need not deliver it again.
-            if let Err(error) = broker.reply_taken(&waiter.group, *position).await {
+            if let Err(error) = broker.reply_taken(&waiter.group, *position) {
                 tracing::warn!(%error, "could not mark a reply taken in its reply queue; it will be delivered there too");
             }
             Ok(response)

@@ -214,24 +214,57 @@ impl Attempt {
     }
 }
 
-/// The attempts saved for a subscription (none if nothing was saved or it cannot be read: they
-/// are a record for people, not state the delivery depends on).
-fn load_attempts(broker: &Broker, subscription_id: u64, kept: usize) -> VecDeque<Attempt> {
+/// What was saved of a subscription's attempts: the recent ones and the counters.
+#[derive(Debug, Default)]
+struct SavedAttempts {
+    attempts: VecDeque<Attempt>,
+    delivered: u64,
+    failed: u64,
+}
+
+/// The attempts and counters saved for a subscription (none if nothing was saved or it cannot
+/// be read: they are a record for people, not state the delivery depends on). The saved form
+/// is `{"attempts": [...], "delivered": n, "failed": n}`; an older form, the bare array, is
+/// read too.
+async fn load_attempts(broker: &Broker, subscription_id: u64, kept: usize) -> SavedAttempts {
     let saved = broker
         .store()
         .setting(&attempts_key(subscription_id))
+        .await
         .ok()
         .flatten()
-        .and_then(|bytes| serde_json::from_slice::<Vec<serde_json::Value>>(&bytes).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .unwrap_or_default();
-    let mut attempts: VecDeque<Attempt> = saved.iter().filter_map(Attempt::from_json).collect();
+    let (list, delivered, failed) = match &saved {
+        serde_json::Value::Array(list) => (list.as_slice(), 0, 0),
+        serde_json::Value::Object(object) => (
+            object
+                .get("attempts")
+                .and_then(serde_json::Value::as_array)
+                .map_or(&[][..], Vec::as_slice),
+            object
+                .get("delivered")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            object
+                .get("failed")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+        ),
+        _ => (&[][..], 0, 0),
+    };
+    let mut attempts: VecDeque<Attempt> = list.iter().filter_map(Attempt::from_json).collect();
     while attempts.len() > kept {
         attempts.pop_front();
     }
-    attempts
+    SavedAttempts {
+        attempts,
+        delivered,
+        failed,
+    }
 }
 
-/// Writes the recent attempts of every subscription that made new ones.
+/// Writes the recent attempts (and the counters) of every subscription that made new ones.
 async fn save_attempts(inner: &Inner) {
     let endpoints: Vec<Arc<Endpoint>> = lock(&inner.endpoints).values().cloned().collect();
     for endpoint in endpoints {
@@ -244,7 +277,12 @@ async fn save_attempts(inner: &Inner) {
             state.attempts_unsaved = false;
             let attempts: Vec<serde_json::Value> =
                 state.attempts.iter().map(Attempt::to_json).collect();
-            serde_json::to_vec(&attempts).unwrap_or_default()
+            serde_json::to_vec(&serde_json::json!({
+                "attempts": attempts,
+                "delivered": state.delivered,
+                "failed": state.failed,
+            }))
+            .unwrap_or_default()
         };
         if let Err(error) = inner
             .broker
@@ -435,7 +473,7 @@ fn reconcile(inner: &Arc<Inner>) {
             tokio::spawn(async move {
                 let _ = broker
                     .store()
-                    .put_setting(&attempts_key(current), b"[]".to_vec())
+                    .put_settings(vec![(attempts_key(current), None)])
                     .await;
             });
         }
@@ -456,14 +494,10 @@ fn reconcile(inner: &Arc<Inner>) {
                 });
             }
             None => {
-                let attempts =
-                    load_attempts(&inner.broker, subscription.id, inner.config.attempts_kept);
+                // Its saved attempts are loaded by its task (no store read under this lock).
                 let endpoint = Arc::new(Endpoint {
                     subscription: watch::Sender::new(subscription),
-                    status: Mutex::new(EndpointStatus {
-                        attempts,
-                        ..EndpointStatus::default()
-                    }),
+                    status: Mutex::new(EndpointStatus::default()),
                     in_flight: watch::Sender::new(0),
                     acker: Mutex::new(None),
                     stop: watch::Sender::new(false),
@@ -483,7 +517,23 @@ fn reconcile(inner: &Arc<Inner>) {
 /// attempt is given back untried.
 async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
     let (acks, ack_queue) = mpsc::channel(ACK_QUEUE_MAX);
-    let name = endpoint.subscription.borrow().name.clone();
+    let (name, id) = {
+        let subscription = endpoint.subscription.borrow();
+        (subscription.name.clone(), subscription.id)
+    };
+    let saved = load_attempts(&inner.broker, id, inner.config.attempts_kept).await;
+    {
+        // Before anything is sent, so the saved attempts come first.
+        let mut status = lock(&endpoint.status);
+        let recorded = std::mem::take(&mut status.attempts);
+        status.attempts = saved.attempts;
+        status.attempts.extend(recorded);
+        while status.attempts.len() > inner.config.attempts_kept {
+            status.attempts.pop_front();
+        }
+        status.delivered += saved.delivered;
+        status.failed += saved.failed;
+    }
     let acker = tokio::spawn(run_acks(inner.broker.clone(), name.clone(), ack_queue));
     *lock(&endpoint.acker) = Some(acker);
     let mut subscription_changes = endpoint.subscription.subscribe();
@@ -627,7 +677,7 @@ async fn run_endpoint(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
 /// One pull for the dispatcher; `None` once the subscription is gone.
 async fn pull(
     inner: &Inner,
-    subscription: &Subscription,
+    subscription: &Arc<Subscription>,
     max: usize,
     wait: Duration,
 ) -> Option<Vec<Delivery>> {
@@ -647,7 +697,7 @@ async fn pull(
 }
 
 /// Gives leased deliveries back untried (their attempt is not counted).
-async fn release(broker: &Broker, name: &str, deliveries: impl Iterator<Item = Delivery>) {
+async fn release(broker: &Arc<Broker>, name: &str, deliveries: impl Iterator<Item = Delivery>) {
     let receipts: Vec<String> = deliveries.map(|delivery| delivery.receipt).collect();
     if receipts.is_empty() {
         return;
@@ -820,9 +870,10 @@ async fn attempt(
         );
         // Only if the subscription still sends where this attempt went: a 410 from an old URL
         // must not disable the one a PATCH just set.
+        let url = push.url.clone();
         let disabled = broker
-            .update_push(&subscription.name, Some(subscription.id), |current| {
-                if current.disabled.is_none() && current.url == push.url {
+            .update_push(&subscription.name, Some(subscription.id), move |current| {
+                if current.disabled.is_none() && current.url == url {
                     current.disabled = Some(reason);
                 }
                 Ok(())

@@ -25,7 +25,7 @@ fn event(id: &str) -> (String, Vec<u8>) {
     (id.to_owned(), body.into_bytes())
 }
 
-async fn publish_to_each_partition(broker: &Broker, topic: &str, partitions: u32) {
+async fn publish_to_each_partition(broker: &Arc<Broker>, topic: &str, partitions: u32) {
     for partition in 0..partitions {
         let (id, body) = event(&format!("e-{partition}"));
         let events = [EventToPublish {
@@ -49,7 +49,7 @@ fn stream_spec(topic: &str, ack_timeout_ms: u64) -> SubscriptionSpec {
     }
 }
 
-async fn stream_stats(broker: &Broker) -> herald_core::stream::StreamStats {
+async fn stream_stats(broker: &Arc<Broker>) -> herald_core::stream::StreamStats {
     match broker
         .subscription_stats(&broker.subscription("group").unwrap())
         .await
@@ -110,10 +110,14 @@ async fn a_consumer_silent_for_longer_than_ack_timeout_loses_its_partitions() {
         .collect();
     assert_eq!(
         now_owned.len(),
-        2,
-        "a's two partitions come to b from their committed positions"
+        4,
+        "a's two partitions come to b from their committed positions, and b's own uncommitted \
+         hand-outs, older than ack_timeout, count as lost and come again"
     );
-    assert!(now_owned.is_disjoint(&b_partitions));
+    assert!(
+        b_again.iter().all(|delivery| delivery.event.offset == 0),
+        "everything from the committed positions (nothing was committed)"
+    );
     let stats = stream_stats(&broker).await;
     assert_eq!(stats.consumers.len(), 1);
     assert_eq!(stats.consumers[0].partitions.len(), 4);
@@ -167,4 +171,58 @@ async fn a_consumer_within_ack_timeout_keeps_its_partitions() {
     assert_eq!(statuses, [AckStatus::Ok], "a still owns partition 0");
     let stats = stream_stats(&broker).await;
     assert_eq!(stats.consumers.len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn deliveries_never_committed_are_handed_out_again_after_ack_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = broker(directory.path()).await;
+    broker
+        .create_topic("work", TopicSettings::default())
+        .await
+        .unwrap();
+    publish_to_each_partition(&broker, "work", 1).await;
+    broker
+        .create_subscription("group", stream_spec("work", 30_000))
+        .await
+        .unwrap();
+    tokio::time::pause();
+    let first = broker
+        .pull("group", "a", 100, Duration::ZERO, None)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // The answer never reached the consumer; it pulls again at once, and again: nothing new.
+    assert!(
+        broker
+            .pull("group", "a", 100, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fetch moves on without a commit, as in Kafka"
+    );
+    // A long poll from then on: when the hand-out counts as lost (ack_timeout after it), the
+    // event comes again, before the poll's own 60 s are over.
+    let started = tokio::time::Instant::now();
+    let again = broker
+        .pull("group", "a", 100, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "handed out again");
+    assert_eq!(again[0].event.offset, first[0].event.offset);
+    assert!(started.elapsed() < Duration::from_secs(31));
+    // Committed: nothing is handed out again, however long the consumer waits.
+    let statuses = broker
+        .ack("group", &[again[0].receipt.clone()], None)
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Ok]);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(
+        broker
+            .pull("group", "a", 100, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -14,6 +14,8 @@ use herald_core::{
 use herald_log::{LogConfig, OsStorage};
 use serde_json::{Value, json};
 
+use crate::{eventually, hang_up_after};
+
 async fn broker(directory: &std::path::Path) -> Arc<Broker> {
     let store = LocalStore::open(directory, LogConfig::default(), OsStorage::shared()).unwrap();
     Broker::open(Arc::new(store), BrokerConfig::default())
@@ -22,7 +24,7 @@ async fn broker(directory: &std::path::Path) -> Arc<Broker> {
 }
 
 /// Publishes events `{"id": id, "type": type, "partitionkey": key}` to `topic`.
-async fn publish(broker: &Broker, topic: &str, events: &[(&str, &str, Option<&str>)]) {
+async fn publish(broker: &Arc<Broker>, topic: &str, events: &[(&str, &str, Option<&str>)]) {
     let bodies: Vec<Vec<u8>> = events
         .iter()
         .map(|(id, event_type, key)| {
@@ -63,7 +65,7 @@ fn queue_spec(name: &str, topic: &str) -> SubscriptionSpec {
     }
 }
 
-async fn pull(broker: &Broker, name: &str, consumer: &str, max: usize) -> Vec<Delivery> {
+async fn pull(broker: &Arc<Broker>, name: &str, consumer: &str, max: usize) -> Vec<Delivery> {
     broker
         .pull(name, consumer, max, Duration::ZERO, None)
         .await
@@ -87,7 +89,7 @@ fn receipts(deliveries: &[Delivery]) -> Vec<String> {
         .collect()
 }
 
-async fn queue_stats(broker: &Broker, name: &str) -> herald_core::queue::QueueStats {
+async fn queue_stats(broker: &Arc<Broker>, name: &str) -> herald_core::queue::QueueStats {
     match broker
         .subscription_stats(&broker.subscription(name).unwrap())
         .await
@@ -628,4 +630,354 @@ async fn a_match_behind_a_long_run_of_filtered_events_is_found_by_one_pull() {
     // More than a window's worth of refused events (several reads of the log) lie before it.
     let found = pull(&broker, "workers", "w", 10).await;
     assert_eq!(ids(&found), ["needle"]);
+}
+
+/// Like `setup`, on the real clock: for callers that hang up, whose work goes on in tasks of its
+/// own (a paused clock would jump ahead whenever they wait for the disk).
+async fn setup_on_real_time(directory: &std::path::Path, spec: SubscriptionSpec) -> Arc<Broker> {
+    let broker = broker(directory).await;
+    broker
+        .create_topic("jobs", TopicSettings::default())
+        .await
+        .unwrap();
+    broker.create_subscription("workers", spec).await.unwrap();
+    broker
+}
+
+/// The ids of the events in a topic (every partition 0 event), and whether each names its
+/// origin offset.
+async fn topic_ids(broker: &Arc<Broker>, topic: &str) -> Vec<String> {
+    match broker
+        .read(topic, 0, ReadFrom::Offset(0), 1000, Duration::ZERO)
+        .await
+    {
+        Ok(read) => read
+            .events
+            .iter()
+            .map(|stored| {
+                let event: Value = serde_json::from_slice(&stored.event).unwrap();
+                event["id"].as_str().unwrap().to_owned()
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_a_nack_or_a_reject_whose_caller_hangs_up_at_any_await_still_takes_effect_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        dead_letter_topic: "jobs.dlq".into(),
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup_on_real_time(directory.path(), spec).await;
+    for pendings in 0..8 {
+        for action in ["ack", "nack", "reject"] {
+            let id = format!("{action}-{pendings}");
+            publish(&broker, "jobs", &[(&id, "job", None)]).await;
+            let delivered = pull(&broker, "workers", "w", 10).await;
+            assert_eq!(ids(&delivered), [id.as_str()]);
+            let receipt = receipts(&delivered);
+            let settle = match action {
+                "ack" => Settle::Ack,
+                "nack" => Settle::Nack {
+                    delay: Some(Duration::ZERO),
+                },
+                _ => Settle::Reject {
+                    reason: "bad".into(),
+                },
+            };
+            let call = {
+                let broker = broker.clone();
+                async move {
+                    match settle {
+                        Settle::Ack => broker.ack("workers", &receipt, None).await,
+                        other => broker.settle("workers", &receipt, other).await,
+                    }
+                }
+            };
+            if let Some(answer) = hang_up_after(call, pendings).await {
+                assert_eq!(answer.unwrap(), [AckStatus::Ok]);
+            }
+            match action {
+                "ack" => {
+                    eventually(&format!("{id} acked"), || async {
+                        let stats = queue_stats(&broker, "workers").await;
+                        (stats.in_flight == 0 && stats.backlog == 0).then_some(())
+                    })
+                    .await;
+                }
+                "nack" => {
+                    // Comes back at once (delay 0), as its second attempt; then acked.
+                    let again = eventually(&format!("{id} back after its nack"), || async {
+                        let again = pull(&broker, "workers", "w", 10).await;
+                        (!again.is_empty()).then_some(again)
+                    })
+                    .await;
+                    assert_eq!(ids(&again), [id.as_str()]);
+                    assert_eq!(again[0].attempt, 2);
+                    broker
+                        .ack("workers", &receipts(&again), None)
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    eventually(&format!("{id} dead-lettered"), || async {
+                        let stats = queue_stats(&broker, "workers").await;
+                        (stats.in_flight == 0 && stats.backlog == 0).then_some(())
+                    })
+                    .await;
+                    let dead = topic_ids(&broker, "jobs.dlq").await;
+                    assert_eq!(
+                        dead.iter().filter(|dead| **dead == id).count(),
+                        1,
+                        "{id}: one dead letter"
+                    );
+                }
+            }
+            assert!(
+                pull(&broker, "workers", "w", 10).await.is_empty(),
+                "{id}: nothing comes back that was settled"
+            );
+        }
+    }
+    assert_eq!(queue_stats(&broker, "workers").await.acked, 16);
+    assert_eq!(queue_stats(&broker, "workers").await.dead_lettered, 8);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_whose_caller_hangs_up_before_the_answer_gives_its_leases_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup_on_real_time(directory.path(), queue_spec("workers", "jobs")).await;
+    let mut given_back = 0;
+    for pendings in 0..6 {
+        // Fresh events each time, so the pull reads them into its window, leases them, then
+        // reads them again for the answer: it can be dropped before or after it leased them.
+        let (a, b) = (format!("a-{pendings}"), format!("b-{pendings}"));
+        publish(&broker, "jobs", &[(&a, "job", None), (&b, "job", None)]).await;
+        let call = broker.pull("workers", "gone", 10, Duration::ZERO, None);
+        if let Some(answered) = hang_up_after(call, pendings).await {
+            // Answered before the hang-up: handed out, so leased to the caller.
+            let answered = answered.unwrap();
+            assert_eq!(ids(&answered), [a.as_str(), b.as_str()]);
+            assert!(pull(&broker, "workers", "w", 10).await.is_empty());
+            broker
+                .ack("workers", &receipts(&answered), None)
+                .await
+                .unwrap();
+            continue;
+        }
+        // Dropped: whatever it leased is pending again at once, its attempt not counted.
+        let next = pull(&broker, "workers", "w", 10).await;
+        assert_eq!(
+            ids(&next),
+            [a.as_str(), b.as_str()],
+            "given back after {pendings} awaits"
+        );
+        assert!(next.iter().all(|delivery| delivery.attempt == 1));
+        broker.ack("workers", &receipts(&next), None).await.unwrap();
+        given_back += 1;
+    }
+    assert!(given_back > 0, "some pull was dropped before it answered");
+    assert_eq!(queue_stats(&broker, "workers").await.delivered, 12);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_dropped_while_it_dead_letters_an_expired_lease_still_dead_letters_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        ack_timeout_ms: 20,
+        max_deliveries: 1,
+        dead_letter_topic: "jobs.dlq".into(),
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup_on_real_time(directory.path(), spec).await;
+    for pendings in 0..6 {
+        let id = format!("e-{pendings}");
+        publish(&broker, "jobs", &[(&id, "job", None)]).await;
+        assert_eq!(ids(&pull(&broker, "workers", "w", 10).await), [id.as_str()]);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // This pull finds the lease expired at its last attempt and dead-letters it.
+        let call = broker.pull("workers", "w", 10, Duration::from_secs(1), None);
+        hang_up_after(call, pendings).await;
+        eventually(&format!("{id} dead-lettered"), || async {
+            let stats = queue_stats(&broker, "workers").await;
+            (stats.in_flight == 0 && stats.backlog == 0).then_some(())
+        })
+        .await;
+        let dead = topic_ids(&broker, "jobs.dlq").await;
+        assert_eq!(dead.iter().filter(|dead| **dead == id).count(), 1);
+    }
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_cannot_be_stored_changes_nothing_in_memory() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = setup_on_real_time(directory.path(), queue_spec("workers", "jobs")).await;
+    publish(&broker, "jobs", &[("a", "job", None)]).await;
+    let delivered = pull(&broker, "workers", "w", 10).await;
+    // The metadata store goes away under the broker: every commit fails from here on.
+    broker.store().close().unwrap();
+    assert!(
+        broker
+            .ack("workers", &receipts(&delivered), None)
+            .await
+            .is_err()
+    );
+    let stats = queue_stats(&broker, "workers").await;
+    assert_eq!(
+        (stats.in_flight, stats.acked),
+        (1, 0),
+        "the ack was not stored, so the event is still leased, not done"
+    );
+    assert!(
+        broker
+            .settle(
+                "workers",
+                &receipts(&delivered),
+                Settle::Reject {
+                    reason: "bad".into()
+                }
+            )
+            .await
+            .is_err()
+    );
+    let stats = queue_stats(&broker, "workers").await;
+    assert_eq!((stats.in_flight, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_subscription_deletes_its_redrive_topic_and_one_made_again_starts_clean() {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = SubscriptionSpec {
+        dead_letter_topic: "jobs.dlq".into(),
+        ..queue_spec("workers", "jobs")
+    };
+    let broker = setup_on_real_time(directory.path(), spec.clone()).await;
+    publish(&broker, "jobs", &[("a", "job", None)]).await;
+    let delivered = pull(&broker, "workers", "w", 10).await;
+    let reject = Settle::Reject {
+        reason: "bad".into(),
+    };
+    broker
+        .settle("workers", &receipts(&delivered), reject.clone())
+        .await
+        .unwrap();
+    assert_eq!(broker.redrive("workers", 100).await.unwrap(), 1);
+    let redriven = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&redriven), ["a"]);
+    broker
+        .ack("workers", &receipts(&redriven), None)
+        .await
+        .unwrap();
+    assert!(broker.topic("_redrive.workers").is_ok());
+
+    broker.delete_subscription("workers").await.unwrap();
+    assert!(
+        broker.topic("_redrive.workers").is_err(),
+        "the redrive topic goes with its subscription"
+    );
+    let fresh = SubscriptionSpec {
+        start: Start::Latest,
+        ..spec
+    };
+    broker.create_subscription("workers", fresh).await.unwrap();
+    assert!(
+        pull(&broker, "workers", "w", 10).await.is_empty(),
+        "a new subscription from latest gets nothing of the old one's"
+    );
+    assert_eq!(
+        broker.redrive("workers", 100).await.unwrap(),
+        0,
+        "the old dead letter was redriven already: not a second time"
+    );
+    // Its own dead letters redrive as usual.
+    publish(&broker, "jobs", &[("b", "job", None)]).await;
+    let delivered = pull(&broker, "workers", "w", 10).await;
+    assert_eq!(ids(&delivered), ["b"]);
+    broker
+        .settle("workers", &receipts(&delivered), reject)
+        .await
+        .unwrap();
+    assert_eq!(broker.redrive("workers", 100).await.unwrap(), 1);
+    assert_eq!(ids(&pull(&broker, "workers", "w", 10).await), ["b"]);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counters_of_a_subscription_survive_a_restart() {
+    let directory = tempfile::tempdir().unwrap();
+    let before = {
+        let spec = SubscriptionSpec {
+            dead_letter_topic: "jobs.dlq".into(),
+            ..queue_spec("workers", "jobs")
+        };
+        let broker = setup_on_real_time(directory.path(), spec).await;
+        publish(
+            &broker,
+            "jobs",
+            &[("a", "job", None), ("b", "job", None), ("c", "job", None)],
+        )
+        .await;
+        let delivered = pull(&broker, "workers", "w", 10).await;
+        broker
+            .ack("workers", &receipts(&delivered[..1]), None)
+            .await
+            .unwrap();
+        broker
+            .settle(
+                "workers",
+                &receipts(&delivered[1..2]),
+                Settle::Nack {
+                    delay: Some(Duration::ZERO),
+                },
+            )
+            .await
+            .unwrap();
+        broker
+            .settle(
+                "workers",
+                &receipts(&delivered[2..]),
+                Settle::Reject {
+                    reason: "bad".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let again = pull(&broker, "workers", "w", 10).await;
+        assert_eq!(ids(&again), ["b"]);
+        let stats = queue_stats(&broker, "workers").await;
+        assert_eq!(
+            (
+                stats.delivered,
+                stats.acked,
+                stats.redelivered,
+                stats.dead_lettered
+            ),
+            (4, 1, 1, 1)
+        );
+        broker.shutdown().await.unwrap();
+        stats
+    };
+    let broker = broker(directory.path()).await;
+    let after = queue_stats(&broker, "workers").await;
+    assert_eq!(
+        (
+            after.delivered,
+            after.acked,
+            after.redelivered,
+            after.dead_lettered
+        ),
+        (
+            before.delivered,
+            before.acked,
+            before.redelivered,
+            before.dead_lettered
+        ),
+        "the counters are the same after a restart"
+    );
+    broker.shutdown().await.unwrap();
 }

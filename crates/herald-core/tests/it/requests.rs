@@ -11,6 +11,8 @@ use herald_core::{Broker, BrokerConfig, BrokerError, EventToPublish, LocalStore,
 use herald_log::{LogConfig, OsStorage};
 use serde_json::{Value, json};
 
+use crate::{eventually, hang_up_after};
+
 async fn broker(directory: &std::path::Path) -> Arc<Broker> {
     let store = LocalStore::open(directory, LogConfig::default(), OsStorage::shared()).unwrap();
     Broker::open(Arc::new(store), BrokerConfig::default())
@@ -36,7 +38,7 @@ fn event<'a>(id: &'a str, body: &'a [u8]) -> EventToPublish<'a> {
 }
 
 /// Makes a request in group `checkout` and returns its id.
-async fn make_request(broker: &Broker, event_id: &str, deadline: Duration) -> String {
+async fn make_request(broker: &Arc<Broker>, event_id: &str, deadline: Duration) -> String {
     let body = body(event_id);
     let waiter = broker
         .request(NewRequest {
@@ -53,7 +55,7 @@ async fn make_request(broker: &Broker, event_id: &str, deadline: Duration) -> St
 }
 
 /// Every event in `_replies.checkout`, parsed.
-async fn replies(broker: &Broker) -> Vec<Value> {
+async fn replies(broker: &Arc<Broker>) -> Vec<Value> {
     broker
         .read(
             "_replies.checkout",
@@ -248,5 +250,94 @@ async fn past_pending_requests_max_a_request_is_refused_until_one_ends() {
         .unwrap();
     make_request(&broker, "q-3", Duration::from_secs(60)).await;
     assert_eq!(broker.pending_requests(), 2);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_caller_hangs_up_at_any_await_still_ends_its_request_with_one_event() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = broker(directory.path()).await;
+    for pendings in 0..10 {
+        let id = make_request(&broker, &format!("q-{pendings}"), Duration::from_secs(600)).await;
+        let reply_id = format!("reply-{pendings}");
+        let reply_body = body(&reply_id);
+        let reply_event = event(&reply_id, &reply_body);
+        let reply = broker.reply(&id, &reply_event);
+        if let Some(answer) = hang_up_after(reply, pendings).await {
+            answer.unwrap();
+        }
+        eventually(&format!("request {id} answered"), || async {
+            (broker.pending_requests() == 0).then_some(())
+        })
+        .await;
+        let view = broker.request_view(&id).await.unwrap();
+        assert_eq!(view.status, RequestStatus::Replied);
+        let in_reply_topic = eventually("the reply in _replies.checkout", || async {
+            let found = replies(&broker)
+                .await
+                .into_iter()
+                .filter(|reply| reply["correlationid"] == id.as_str())
+                .count();
+            (found > 0).then_some(found)
+        })
+        .await;
+        assert_eq!(in_reply_topic, 1, "exactly one event for {id}");
+        let late = body("late");
+        assert!(matches!(
+            broker.reply(&id, &event("late", &late)).await,
+            Err(BrokerError::Conflict(_))
+        ));
+    }
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_hangs_up_at_any_await_is_made_whole_and_its_retry_joins_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let broker = broker(directory.path()).await;
+    for pendings in 0..12 {
+        let event_id = format!("q-{pendings}");
+        let request_body = body(&event_id);
+        let new = || NewRequest {
+            topic: "quotes",
+            event: event(&event_id, &request_body),
+            group: "checkout",
+            context: None,
+            deadline: Duration::from_secs(600),
+            service: None,
+        };
+        hang_up_after(broker.request(new()), pendings).await;
+        // The documented retry: the same source and id.
+        let mut waiter = broker.request(new()).await.unwrap();
+        let stored: Vec<Value> = broker
+            .read("quotes", 0, ReadFrom::Offset(0), 1000, Duration::ZERO)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|stored| serde_json::from_slice(&stored.event).unwrap())
+            .filter(|stored: &Value| stored["id"] == event_id.as_str())
+            .collect();
+        assert_eq!(
+            stored.len(),
+            1,
+            "{event_id}: the request event is stored once"
+        );
+        assert_eq!(
+            stored[0]["correlationid"],
+            waiter.id.as_str(),
+            "{event_id}: the retry waits on the request whose event was published"
+        );
+        let reply = body("r");
+        broker.reply(&waiter.id, &event("r", &reply)).await.unwrap();
+        assert!(matches!(
+            waiter.wait(Duration::from_secs(5)).await.as_deref(),
+            Some(Outcome::Replied { .. })
+        ));
+    }
+    eventually("no request left pending", || async {
+        (broker.pending_requests() == 0).then_some(())
+    })
+    .await;
     broker.shutdown().await.unwrap();
 }
