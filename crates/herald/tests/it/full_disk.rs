@@ -177,6 +177,35 @@ fn a_full_disk_answers_507_keeps_reads_and_data_and_recovers_when_space_is_freed
         "a subscription on a full disk: {}",
         subscription.status()
     );
+    // Metadata writes until they fill the disk too: requests whose records carry a 60 KiB
+    // context (the metadata database grows by them). Each is 202 or 507 with the same words as
+    // the log's, never a 500.
+    let context = serde_json::to_string(&"c".repeat(60 * 1024)).unwrap();
+    let mut requests_made = 0;
+    let metadata_detail = loop {
+        let answer = client
+            .post(format!("{}/v1/topics/asks/requests?timeout=0s", server.url))
+            .header("content-type", "application/json")
+            .header("herald-reply-group", "fill")
+            .header("herald-context", &context)
+            .body(r#"{"ask": 1}"#)
+            .send()
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().unwrap_or(Value::Null);
+        match status {
+            202 => {
+                requests_made += 1;
+                assert!(requests_made < 1000, "the metadata never filled the disk");
+            }
+            507 => break body["detail"].as_str().unwrap_or_default().to_owned(),
+            other => panic!("a request on a full disk answered {other}: {body}"),
+        }
+    };
+    assert!(
+        metadata_detail.contains("no space left"),
+        "the metadata's 507 says what is wrong: {metadata_detail}"
+    );
     let health = client
         .get(format!("{}/healthz", server.url))
         .send()
@@ -186,6 +215,18 @@ fn a_full_disk_answers_507_keeps_reads_and_data_and_recovers_when_space_is_freed
     // Space comes back: writes work again, without a restart.
     drop(ballast);
     std::fs::remove_file(&ballast_path).unwrap();
+    let answer = client
+        .post(format!("{}/v1/topics/asks/requests?timeout=0s", server.url))
+        .header("content-type", "application/json")
+        .header("herald-reply-group", "fill")
+        .body(r#"{"ask": 2}"#)
+        .send()
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        202,
+        "metadata writes work again once there is room"
+    );
     let events = batch(next);
     let (status, answer) = publish(&client, &server.url, &events);
     assert_eq!(status, 201, "{answer}");
@@ -201,7 +242,7 @@ fn a_full_disk_answers_507_keeps_reads_and_data_and_recovers_when_space_is_freed
     let server = RealServer::start(&data_dir);
     same(&stored(&client, &server.url), &acknowledged);
     eprintln!(
-        "full disk: {} events acknowledged before it filled, 507 said: {detail}",
+        "full disk: {} events acknowledged before it filled, 507 said: {detail}; {requests_made} requests with a 60 KiB context fitted, then 507: {metadata_detail}",
         acknowledged.len() - 50
     );
     server.terminate();
