@@ -88,12 +88,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         (
             "delivered_total",
             "counter",
-            "Deliveries since the server started.",
+            "Deliveries (kept across restarts).",
         ),
         (
             "acked_total",
             "counter",
-            "Events acknowledged since the server started.",
+            "Events acknowledged (kept across restarts).",
         ),
         (
             "redelivered_total",
@@ -213,7 +213,7 @@ fn write_push(out: &mut String, app: &App, subscriptions: &[Arc<herald_core::Sub
         .collect();
     let _ = writeln!(
         out,
-        "# HELP herald_push_attempts_total Webhook attempts since the server started, by result."
+        "# HELP herald_push_attempts_total Webhook attempts by result (kept across restarts)."
     );
     let _ = writeln!(out, "# TYPE herald_push_attempts_total counter");
     for (name, status) in &statuses {

@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod crash_loop;
+mod disconnect;
 mod full_disk;
 mod kill;
 mod memory;
