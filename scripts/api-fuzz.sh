@@ -49,8 +49,7 @@ fi
 
 seed_flag=(--seed "$seed")
 [ "$seed" = random ] && seed_flag=()
-st run "http://127.0.0.1:$port/openapi.json" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+SCHEMATHESIS_HOOKS=scripts/api-fuzz-hooks.py st --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
     --max-examples "$examples" --workers 1 "${seed_flag[@]}" --no-color --wait-for-schema 30
 
 # The server must still be up and answering after all of that.

@@ -34,6 +34,9 @@ pub enum BrokerError {
     TopicNotFound(String),
     #[error("subscription {0:?} does not exist")]
     SubscriptionNotFound(String),
+    /// A partition the topic does not have.
+    #[error("{0}")]
+    PartitionNotFound(String),
     #[error("request {0:?} does not exist (or was forgotten, an hour after its deadline)")]
     RequestNotFound(String),
     /// It existed but is over (a request past its deadline).
@@ -1250,7 +1253,7 @@ impl Broker {
 
     fn check_partition(topic: &Topic, partition: u32) -> Result<(), BrokerError> {
         if partition >= topic.record.partitions {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::PartitionNotFound(format!(
                 "partition {partition} does not exist: topic {:?} has partitions 0..{}",
                 topic.record.name,
                 topic.record.partitions - 1
@@ -1719,7 +1722,7 @@ impl Broker {
                 return Err(BrokerError::SubscriptionNotFound(name));
             }
             let Some(mut push) = existing.spec.push.clone() else {
-                return Err(BrokerError::Invalid(format!(
+                return Err(BrokerError::Conflict(format!(
                     "{name:?} is not a push subscription; only a push subscription's \"push\" settings can be changed"
                 )));
             };
@@ -1828,7 +1831,7 @@ impl Broker {
     ) -> Result<Vec<stream::AckStatus>, BrokerError> {
         let subscription = self.subscription(name)?;
         if subscription.queue_group().is_none() {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Conflict(format!(
                 "{name:?} is a stream subscription: nack, extend and reject are for queue subscriptions (commit with ack, move with seek)"
             )));
         }
@@ -1867,7 +1870,7 @@ impl Broker {
     pub async fn redrive(self: &Arc<Self>, name: &str, max: usize) -> Result<usize, BrokerError> {
         let subscription = self.subscription(name)?;
         if subscription.queue_group().is_none() {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Conflict(format!(
                 "{name:?} is a stream subscription: redrive is for queue subscriptions and their dead-letter topics"
             )));
         }

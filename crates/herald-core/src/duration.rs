@@ -19,14 +19,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         text: text.chars().take(64).collect(),
         reason,
     };
-    let trimmed = text.trim();
-    let digits_end = trimmed
+    let digits_end = text
         .find(|character: char| !character.is_ascii_digit())
         .ok_or_else(|| fail("the unit is missing"))?;
-    if trimmed.starts_with('-') {
+    if text.starts_with('-') {
         return Err(fail("durations are never negative"));
     }
-    let (number, unit) = trimmed.split_at(digits_end);
+    let (number, unit) = text.split_at(digits_end);
     if number.is_empty() {
         return Err(fail("the number is missing"));
     }

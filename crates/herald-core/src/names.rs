@@ -7,6 +7,12 @@
 /// Longest topic or subscription name.
 pub const NAME_CHARS_MAX: usize = 249;
 
+/// Longest subscription name: its redrive topic `_redrive.{name}` must be a name too.
+pub const SUBSCRIPTION_NAME_CHARS_MAX: usize = NAME_CHARS_MAX - "_redrive.".len();
+/// Longest reply group: its queue `_replies.{group}` is a subscription, whose redrive topic
+/// `_redrive._replies.{group}` must be a name too.
+pub const REPLY_GROUP_CHARS_MAX: usize = SUBSCRIPTION_NAME_CHARS_MAX - "_replies.".len();
+
 /// Why a name is refused; the text says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} name {name:?}: {reason}")]
@@ -54,9 +60,31 @@ pub fn check_topic_name(name: &str) -> Result<(), NameError> {
     check("topic", name, false)
 }
 
-/// Checks a subscription name.
+/// Checks a subscription name (at most [`SUBSCRIPTION_NAME_CHARS_MAX`] characters).
 pub fn check_subscription_name(name: &str) -> Result<(), NameError> {
-    check("subscription", name, false)
+    check("subscription", name, false)?;
+    check_length("subscription", name, SUBSCRIPTION_NAME_CHARS_MAX)
+}
+
+/// Checks a reply group: a service name of at most [`REPLY_GROUP_CHARS_MAX`] characters.
+pub fn check_reply_group(name: &str) -> Result<(), NameError> {
+    check("reply group", name, false)?;
+    check_length("reply group", name, REPLY_GROUP_CHARS_MAX)
+}
+
+fn check_length(what: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.len() > max {
+        return Err(NameError {
+            what,
+            name: name.to_owned(),
+            reason: if max == SUBSCRIPTION_NAME_CHARS_MAX {
+                "it is longer than 240 characters (its redrive topic _redrive.{name} must fit in 249)"
+            } else {
+                "it is longer than 231 characters (its queue _replies.{group} and that queue's redrive topic must fit in 249)"
+            },
+        });
+    }
+    Ok(())
 }
 
 /// Checks a topic pattern (a name, or one with `*` / `#` segments).
@@ -114,6 +142,10 @@ mod tests {
         assert!(check_pattern("orders.*").is_ok());
         assert!(check_pattern("#").is_ok());
         assert!(check_pattern("orders.cre*").is_err());
+        assert!(check_subscription_name(&"s".repeat(240)).is_ok());
+        assert!(check_subscription_name(&"s".repeat(241)).is_err());
+        assert!(check_reply_group(&"g".repeat(231)).is_ok());
+        assert!(check_reply_group(&"g".repeat(232)).is_err());
     }
 
     #[test]

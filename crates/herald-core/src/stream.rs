@@ -596,7 +596,7 @@ pub(crate) async fn seek_positions(
                 )));
             }
             let Some((found, number)) = candidates.first() else {
-                return Err(BrokerError::Invalid(format!(
+                return Err(BrokerError::Conflict(format!(
                     "partition {partition}{} is not covered by this subscription",
                     topic
                         .as_ref()

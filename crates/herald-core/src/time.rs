@@ -3,11 +3,13 @@
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Milliseconds since the Unix epoch of an RFC 3339 timestamp; `None` if it is not one (or is
-/// before 1970).
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp (0 for one before 1970); `None`
+/// if it is not one.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+    // Herald stores nothing before 1970: an earlier time reads as the epoch, which is before
+    // every stored event (`from_time`, `start`, seek) and still a valid CloudEvents `time`.
+    Some(u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
 /// An RFC 3339 timestamp in UTC with milliseconds, such as `2026-11-26T05:17:55.123Z`.
@@ -39,6 +41,7 @@ mod tests {
             Some(millis + 250)
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
-        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(0));
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), Some(0));
     }
 }

@@ -34,6 +34,8 @@ pub const WAIT_MAX: Duration = Duration::from_secs(60);
 pub const LIMIT_MAX: u32 = 1000;
 /// Most receipts in one ack, nack, extend or reject.
 pub const RECEIPTS_MAX: usize = 1000;
+/// Longest reject `reason`, in characters.
+pub const REASON_CHARS_MAX: usize = 1024;
 /// Most patterns in one live tail.
 pub const TAIL_PATTERNS_MAX: usize = 64;
 
@@ -545,20 +547,14 @@ pub struct TailQuery {
 }
 
 #[utoipa::path(get, path = "/v1/tail", tag = "events", params(TailQuery),
-    responses((status = 200, description = "text/event-stream; each message's data is a TailMessage", body = TailMessage), (status = 400, body = ProblemDto)))]
+    responses((status = 200, description = "Server-sent events; each message's data is a TailMessage", body = TailMessage, content_type = "text/event-stream"), (status = 400, body = ProblemDto)))]
 pub async fn tail(
     State(app): State<Arc<App>>,
     tail_query: std::result::Result<Query<TailQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
     let broker = app.broker()?;
     let request = query(tail_query)?;
-    let patterns: Vec<String> = request
-        .topics
-        .split(',')
-        .map(str::trim)
-        .filter(|pattern| !pattern.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let patterns: Vec<String> = request.topics.split(',').map(str::to_owned).collect();
     if patterns.len() > TAIL_PATTERNS_MAX {
         return Err(Problem::bad_request(format!(
             "at most {TAIL_PATTERNS_MAX} patterns per tail"
@@ -914,23 +910,50 @@ pub async fn pull(
     Ok(raw_json_response(StatusCode::OK, out))
 }
 
-fn receipts_request(
+/// The body of ack, nack, extend or reject, each with its own members.
+fn receipts_request<T: DeserializeOwned + Receipts>(
     headers: &HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<ReceiptsRequest> {
+) -> Result<T> {
     let body = body_bytes(body)?;
-    let request: ReceiptsRequest = json_body(headers, &body, false)?;
-    if request.receipts.len() > RECEIPTS_MAX {
+    let request: T = json_body(headers, &body, false)?;
+    let count = request.receipts().len();
+    if count > RECEIPTS_MAX {
         return Err(Problem::bad_request(format!(
-            "{} receipts in one call; the limit is {RECEIPTS_MAX}",
-            request.receipts.len()
+            "{count} receipts in one call; the limit is {RECEIPTS_MAX}"
         )));
     }
     Ok(request)
 }
 
+/// The receipts of a settle body.
+trait Receipts {
+    fn receipts(&self) -> &[String];
+}
+
+impl Receipts for AckRequest {
+    fn receipts(&self) -> &[String] {
+        &self.receipts
+    }
+}
+impl Receipts for NackRequest {
+    fn receipts(&self) -> &[String] {
+        &self.receipts
+    }
+}
+impl Receipts for ExtendRequest {
+    fn receipts(&self) -> &[String] {
+        &self.receipts
+    }
+}
+impl Receipts for RejectRequest {
+    fn receipts(&self) -> &[String] {
+        &self.receipts
+    }
+}
+
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/ack", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = ReceiptsRequest,
+    request_body = AckRequest,
     responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
 pub async fn ack(
     State(app): State<Arc<App>>,
@@ -939,29 +962,12 @@ pub async fn ack(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let broker = app.broker()?;
-    let request = receipts_request(&headers, body)?;
-    if request.delay.is_some() || request.by.is_some() || request.reason.is_some() {
-        return Err(Problem::bad_request("ack takes only \"receipts\""));
-    }
+    let request: AckRequest = receipts_request(&headers, body)?;
     let service = service(&headers)?;
     let statuses = broker
         .ack(&name, &request.receipts, service.as_deref())
         .await?;
-    let results = request
-        .receipts
-        .into_iter()
-        .zip(statuses)
-        .map(|(receipt, status)| ReceiptResult {
-            receipt,
-            status: match status {
-                AckStatus::Ok => "ok",
-                AckStatus::Stale => "stale",
-                AckStatus::Unknown => "unknown",
-            }
-            .into(),
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &ReceiptsResponse { results }))
+    Ok(statuses_response(request.receipts, statuses))
 }
 
 fn statuses_response(receipts: Vec<String>, statuses: Vec<AckStatus>) -> Response {
@@ -985,89 +991,65 @@ fn statuses_response(receipts: Vec<String>, statuses: Vec<AckStatus>) -> Respons
 async fn settle(
     app: Arc<App>,
     name: String,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-    what: &str,
+    receipts: Vec<String>,
+    action: Settle,
 ) -> Result<Response> {
-    let broker = app.broker()?;
-    let request = receipts_request(&headers, body)?;
-    let action = match what {
-        "nack" => {
-            if request.by.is_some() || request.reason.is_some() {
-                return Err(Problem::bad_request(
-                    "nack takes \"receipts\" and an optional \"delay\"",
-                ));
-            }
-            let delay = request
-                .delay
-                .as_deref()
-                .map(|text| parse_duration_field("delay", text))
-                .transpose()?;
-            if delay.is_some_and(|delay| delay > herald_core::queue::LEASE_MAX) {
-                return Err(Problem::bad_request("delay may be at most 12h"));
-            }
-            Settle::Nack { delay }
-        }
-        "extend" => {
-            if request.delay.is_some() || request.reason.is_some() {
-                return Err(Problem::bad_request("extend takes \"receipts\" and \"by\""));
-            }
-            let by = request
-                .by
-                .as_deref()
-                .ok_or_else(|| Problem::bad_request("extend needs \"by\", such as \"30s\""))?;
-            Settle::Extend {
-                by: parse_duration_field("by", by)?,
-            }
-        }
-        _ => {
-            if request.delay.is_some() || request.by.is_some() {
-                return Err(Problem::bad_request(
-                    "reject takes \"receipts\" and an optional \"reason\"",
-                ));
-            }
-            let reason = request.reason.unwrap_or_else(|| "no reason given".into());
-            if reason.len() > 1024 {
-                return Err(Problem::bad_request("reason is longer than 1024 bytes"));
-            }
-            Settle::Reject { reason }
-        }
-    };
-    let statuses = broker.settle(&name, &request.receipts, action).await?;
-    Ok(statuses_response(request.receipts, statuses))
+    let statuses = app.broker()?.settle(&name, &receipts, action).await?;
+    Ok(statuses_response(receipts, statuses))
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/nack", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = ReceiptsRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+    request_body = NackRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 409, body = ProblemDto)))]
 pub async fn nack(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    settle(app, name, headers, body, "nack").await
+    app.broker()?;
+    let request: NackRequest = receipts_request(&headers, body)?;
+    let delay = request
+        .delay
+        .as_deref()
+        .map(|text| parse_duration_field("delay", text))
+        .transpose()?;
+    if delay.is_some_and(|delay| delay > herald_core::queue::LEASE_MAX) {
+        return Err(Problem::bad_request("delay may be at most 12h"));
+    }
+    settle(app, name, request.receipts, Settle::Nack { delay }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/extend", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = ReceiptsRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+    request_body = ExtendRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 409, body = ProblemDto)))]
 pub async fn extend(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    settle(app, name, headers, body, "extend").await
+    app.broker()?;
+    let request: ExtendRequest = receipts_request(&headers, body)?;
+    let by = parse_duration_field("by", &request.by)?;
+    settle(app, name, request.receipts, Settle::Extend { by }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/reject", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = ReceiptsRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+    request_body = RejectRequest, responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 409, body = ProblemDto)))]
 pub async fn reject(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    settle(app, name, headers, body, "reject").await
+    app.broker()?;
+    let request: RejectRequest = receipts_request(&headers, body)?;
+    let reason = request.reason.unwrap_or_else(|| "no reason given".into());
+    if reason.chars().count() > REASON_CHARS_MAX {
+        return Err(Problem::bad_request(format!(
+            "reason is longer than {REASON_CHARS_MAX} characters"
+        )));
+    }
+    settle(app, name, request.receipts, Settle::Reject { reason }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/redrive", tag = "subscriptions", params(("name" = String, Path)),
@@ -1096,7 +1078,9 @@ fn seek_target(to: &serde_json::Value) -> Result<SeekTarget> {
     #[serde(deny_unknown_fields)]
     struct Position {
         topic: Option<String>,
+        #[serde(deserialize_with = "crate::dto::required_whole")]
         partition: u32,
+        #[serde(deserialize_with = "crate::dto::required_whole")]
         offset: u64,
     }
     match to {

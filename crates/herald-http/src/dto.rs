@@ -14,6 +14,72 @@ pub fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A JSON number that is a whole number, as JSON Schema's `integer` is: `5`, and also `5.0`.
+#[derive(Debug, Clone, Copy)]
+struct WholeNumber(u64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Whole;
+        impl serde::de::Visitor<'_> for Whole {
+            type Value = WholeNumber;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a whole number, not negative")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<WholeNumber, E> {
+                u64::try_from(value)
+                    .map(WholeNumber)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<WholeNumber, E> {
+                // 2^64 is the first float past u64::MAX.
+                if value.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&value) {
+                    Ok(WholeNumber(value as u64))
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Whole)
+    }
+}
+
+fn in_range<T: TryFrom<u64>, E: serde::de::Error>(value: u64) -> Result<T, E> {
+    T::try_from(value).map_err(|_| {
+        E::invalid_value(
+            serde::de::Unexpected::Unsigned(value),
+            &"a smaller whole number",
+        )
+    })
+}
+
+/// An optional whole number (see [`WholeNumber`]).
+pub fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<WholeNumber>::deserialize(deserializer)?
+        .map(|WholeNumber(value)| in_range(value))
+        .transpose()
+}
+
+/// A whole number (see [`WholeNumber`]).
+pub fn required_whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    let WholeNumber(value) = WholeNumber::deserialize(deserializer)?;
+    in_range(value)
+}
+
+/// [`double_option`] of a whole number.
+fn double_option_whole<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u64>>, D::Error> {
+    whole(deserializer).map(Some)
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionDto {
@@ -28,7 +94,7 @@ pub struct RetentionDto {
     /// Delete the oldest segments while a partition holds more bytes than this (`null`: no limit).
     #[serde(
         default,
-        deserialize_with = "double_option",
+        deserialize_with = "double_option_whole",
         skip_serializing_if = "Option::is_none"
     )]
     #[schema(value_type = Option<u64>)]
@@ -40,6 +106,7 @@ pub struct RetentionDto {
 #[serde(deny_unknown_fields)]
 pub struct TopicRequest {
     #[schema(minimum = 1, maximum = 1024, example = 1)]
+    #[serde(default, deserialize_with = "whole")]
     pub partitions: Option<u32>,
     pub retention: Option<RetentionDto>,
     #[schema(example = "2m")]
@@ -160,6 +227,7 @@ pub struct SubscriptionRequest {
     pub filter: Option<Value>,
     pub ack_timeout: Option<String>,
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_deliveries: Option<u32>,
     pub dead_letter_topic: Option<String>,
     pub retry: Option<RetryDto>,
@@ -184,6 +252,7 @@ pub struct PushRequest {
     pub timeout: Option<String>,
     /// Most requests at once (1–1000, default 16).
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_in_flight: Option<u32>,
     /// `structured` (default: the whole event is signed) or `binary`.
     #[schema(example = "structured")]
@@ -211,6 +280,7 @@ pub struct PushPatch {
     pub secret_grace: Option<String>,
     pub timeout: Option<String>,
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_in_flight: Option<u32>,
     pub content_mode: Option<String>,
 }
@@ -275,7 +345,7 @@ pub struct PushStats {
     pub consecutive_failures: u32,
     /// Requests to the endpoint under way now.
     pub in_flight: u32,
-    /// Attempts since the server started, by result.
+    /// Attempts by result, kept across restarts.
     pub attempts_delivered: u64,
     pub attempts_failed: u64,
     /// While the circuit is open: when the next probe goes out.
@@ -325,6 +395,7 @@ pub struct SubscriptionList {
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// 1–1000, default 10.
+    #[serde(default, deserialize_with = "whole")]
     pub max: Option<u32>,
     /// Long-poll up to this long (0s–60s) for a first delivery.
     pub wait: Option<String>,
@@ -376,17 +447,46 @@ fn bounded_receipts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<St
     deserializer.deserialize_seq(Bounded)
 }
 
-/// Body of ack, nack, extend and reject.
+/// Body of `POST /v1/subscriptions/{name}/ack`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReceiptsRequest {
+pub struct AckRequest {
+    /// Receipts of deliveries (at most 1000).
     #[serde(deserialize_with = "bounded_receipts")]
     pub receipts: Vec<String>,
-    /// nack only.
+}
+
+/// Body of `POST /v1/subscriptions/{name}/nack`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NackRequest {
+    /// Receipts of deliveries (at most 1000).
+    #[serde(deserialize_with = "bounded_receipts")]
+    pub receipts: Vec<String>,
+    /// Deliver again after this long (0s–12h) instead of the retry policy's backoff.
     pub delay: Option<String>,
-    /// extend only.
-    pub by: Option<String>,
-    /// reject only.
+}
+
+/// Body of `POST /v1/subscriptions/{name}/extend`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Receipts of deliveries (at most 1000).
+    #[serde(deserialize_with = "bounded_receipts")]
+    pub receipts: Vec<String>,
+    /// Added to each lease's deadline; a deadline is never more than 12h from now.
+    #[schema(example = "30s")]
+    pub by: String,
+}
+
+/// Body of `POST /v1/subscriptions/{name}/reject`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// Receipts of deliveries (at most 1000).
+    #[serde(deserialize_with = "bounded_receipts")]
+    pub receipts: Vec<String>,
+    /// Why (at most 1024 characters); kept in the dead letter's `deadletterreason`.
     pub reason: Option<String>,
 }
 
@@ -416,6 +516,7 @@ pub struct SeekRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
+    #[serde(default, deserialize_with = "whole")]
     pub max: Option<u32>,
 }
 
@@ -495,7 +596,7 @@ pub struct RequestDto {
     /// The reply group: replies and the expiry also go to `_replies.{group}`.
     pub group: String,
     /// The reply CloudEvent once replied, else `null`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub reply: Option<Box<serde_json::value::RawValue>>,
     #[schema(value_type = Object)]
     pub context: Option<Box<serde_json::value::RawValue>>,

@@ -107,6 +107,12 @@ impl From<BrokerError> for Problem {
                 "Subscription not found",
                 detail,
             ),
+            BrokerError::PartitionNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "partition-not-found",
+                "Partition not found",
+                detail,
+            ),
             BrokerError::RequestNotFound(_) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "request-not-found",

@@ -270,9 +270,12 @@ pub async fn attempts(
     };
     let subscription = broker.subscription(&name)?;
     if subscription.spec.push.is_none() {
-        return Err(Problem::bad_request(format!(
-            "{name:?} is not a push subscription; only webhooks have attempts"
-        )));
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!("{name:?} is not a push subscription; only webhooks have attempts"),
+        ));
     }
     let attempts = dispatcher
         .attempts(&name, limit)

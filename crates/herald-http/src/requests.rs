@@ -37,25 +37,26 @@ fn raw(text: Vec<u8>) -> Option<Box<RawValue>> {
 
 /// The reply group: `herald-reply-group`, else the caller's service.
 fn reply_group(headers: &HeaderMap, service: Option<&str>) -> Result<String> {
-    match headers.get("herald-reply-group") {
-        Some(value) => {
-            let text = value
+    let (group, from) = match headers.get("herald-reply-group") {
+        Some(value) => (
+            value
                 .to_str()
-                .map_err(|_| Problem::bad_request("the herald-reply-group header is not ASCII"))?;
-            names::check_topic_name(text).map_err(|_| {
-                Problem::bad_request(format!(
-                    "herald-reply-group {text:?} is not a valid service name (letters, digits, '.', '_', '-')"
-                ))
-            })?;
-            Ok(text.to_owned())
-        }
-        None => service.map(str::to_owned).ok_or_else(|| {
-            Problem::bad_request(
-                "a request needs a reply group: the service whose instances may claim the reply; \
-                 send a herald-reply-group or herald-service header",
-            )
-        }),
-    }
+                .map_err(|_| Problem::bad_request("the herald-reply-group header is not ASCII"))?,
+            "herald-reply-group",
+        ),
+        None => (
+            service.ok_or_else(|| {
+                Problem::bad_request(
+                    "a request needs a reply group: the service whose instances may claim the reply; \
+                     send a herald-reply-group or herald-service header",
+                )
+            })?,
+            "herald-service (the reply group)",
+        ),
+    };
+    names::check_reply_group(group)
+        .map_err(|error| Problem::bad_request(format!("{from}: {error}")))?;
+    Ok(group.to_owned())
 }
 
 /// `herald-context`: any JSON value, up to 64 KiB.

@@ -987,7 +987,7 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
         .put_json("/v1/subscriptions/plain", json!({"topics": ["a"]}))
         .await;
     let patches = [
-        ("plain", json!({"push": {}}), 400, "not a push subscription"),
+        ("plain", json!({"push": {}}), 409, "not a push subscription"),
         ("missing", json!({"push": {}}), 404, "missing"),
         (
             "short",
@@ -1057,7 +1057,7 @@ async fn push_settings_are_checked_and_bad_ones_change_nothing() {
     server
         .get("/v1/subscriptions/plain/attempts")
         .await
-        .problem(400);
+        .problem(409);
     server
         .get("/v1/subscriptions/missing/attempts")
         .await

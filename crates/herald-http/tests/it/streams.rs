@@ -232,7 +232,7 @@ async fn replay_from_earliest_from_a_time_and_by_seeking() {
         .problem(416);
     seek(json!({"partition": 5, "offset": 0}))
         .await
-        .problem(400);
+        .problem(409);
     seek(json!(42)).await.problem(400);
     seek(json!("tomorrow")).await.problem(400);
     server.stop().await;
@@ -379,7 +379,6 @@ async fn subscription_requests_are_idempotent_and_malformed_ones_are_refused() {
         ("ack", json!({"receipts": "x"})),
         ("ack", json!({})),
         ("nack", json!({"receipts": [], "delay": "-1s"})),
-        ("nack", json!({"receipts": []})),
         ("seek", json!({})),
     ] {
         server
@@ -387,6 +386,11 @@ async fn subscription_requests_are_idempotent_and_malformed_ones_are_refused() {
             .await
             .problem(400);
     }
+    // Well-formed, but a stream subscription takes no nack: a conflict with its kind.
+    server
+        .post_json("/v1/subscriptions/s/nack", json!({"receipts": []}))
+        .await
+        .problem(409);
     let many: Vec<String> = (0..1001).map(|n| n.to_string()).collect();
     assert!(
         server
