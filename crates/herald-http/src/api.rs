@@ -910,48 +910,6 @@ pub async fn pull(
     Ok(raw_json_response(StatusCode::OK, out))
 }
 
-/// The body of ack, nack, extend or reject, each with its own members.
-fn receipts_request<T: DeserializeOwned + Receipts>(
-    headers: &HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<T> {
-    let body = body_bytes(body)?;
-    let request: T = json_body(headers, &body, false)?;
-    let count = request.receipts().len();
-    if count > RECEIPTS_MAX {
-        return Err(Problem::bad_request(format!(
-            "{count} receipts in one call; the limit is {RECEIPTS_MAX}"
-        )));
-    }
-    Ok(request)
-}
-
-/// The receipts of a settle body.
-trait Receipts {
-    fn receipts(&self) -> &[String];
-}
-
-impl Receipts for AckRequest {
-    fn receipts(&self) -> &[String] {
-        &self.receipts
-    }
-}
-impl Receipts for NackRequest {
-    fn receipts(&self) -> &[String] {
-        &self.receipts
-    }
-}
-impl Receipts for ExtendRequest {
-    fn receipts(&self) -> &[String] {
-        &self.receipts
-    }
-}
-impl Receipts for RejectRequest {
-    fn receipts(&self) -> &[String] {
-        &self.receipts
-    }
-}
-
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/ack", tag = "subscriptions", params(("name" = String, Path)),
     request_body = AckRequest,
     responses((status = 200, body = ReceiptsResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
@@ -962,7 +920,7 @@ pub async fn ack(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let broker = app.broker()?;
-    let request: AckRequest = receipts_request(&headers, body)?;
+    let request: AckRequest = json_body(&headers, &body_bytes(body)?, false)?;
     let service = service(&headers)?;
     let statuses = broker
         .ack(&name, &request.receipts, service.as_deref())
@@ -989,12 +947,12 @@ fn statuses_response(receipts: Vec<String>, statuses: Vec<AckStatus>) -> Respons
 
 /// nack, extend and reject: queue subscriptions only.
 async fn settle(
-    app: Arc<App>,
-    name: String,
+    broker: &Arc<Broker>,
+    name: &str,
     receipts: Vec<String>,
     action: Settle,
 ) -> Result<Response> {
-    let statuses = app.broker()?.settle(&name, &receipts, action).await?;
+    let statuses = broker.settle(name, &receipts, action).await?;
     Ok(statuses_response(receipts, statuses))
 }
 
@@ -1006,8 +964,8 @@ pub async fn nack(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    app.broker()?;
-    let request: NackRequest = receipts_request(&headers, body)?;
+    let broker = app.broker()?;
+    let request: NackRequest = json_body(&headers, &body_bytes(body)?, false)?;
     let delay = request
         .delay
         .as_deref()
@@ -1016,7 +974,7 @@ pub async fn nack(
     if delay.is_some_and(|delay| delay > herald_core::queue::LEASE_MAX) {
         return Err(Problem::bad_request("delay may be at most 12h"));
     }
-    settle(app, name, request.receipts, Settle::Nack { delay }).await
+    settle(broker, &name, request.receipts, Settle::Nack { delay }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/extend", tag = "subscriptions", params(("name" = String, Path)),
@@ -1027,10 +985,10 @@ pub async fn extend(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    app.broker()?;
-    let request: ExtendRequest = receipts_request(&headers, body)?;
+    let broker = app.broker()?;
+    let request: ExtendRequest = json_body(&headers, &body_bytes(body)?, false)?;
     let by = parse_duration_field("by", &request.by)?;
-    settle(app, name, request.receipts, Settle::Extend { by }).await
+    settle(broker, &name, request.receipts, Settle::Extend { by }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/reject", tag = "subscriptions", params(("name" = String, Path)),
@@ -1041,19 +999,19 @@ pub async fn reject(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    app.broker()?;
-    let request: RejectRequest = receipts_request(&headers, body)?;
+    let broker = app.broker()?;
+    let request: RejectRequest = json_body(&headers, &body_bytes(body)?, false)?;
     let reason = request.reason.unwrap_or_else(|| "no reason given".into());
     if reason.chars().count() > REASON_CHARS_MAX {
         return Err(Problem::bad_request(format!(
             "reason is longer than {REASON_CHARS_MAX} characters"
         )));
     }
-    settle(app, name, request.receipts, Settle::Reject { reason }).await
+    settle(broker, &name, request.receipts, Settle::Reject { reason }).await
 }
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/redrive", tag = "subscriptions", params(("name" = String, Path)),
-    request_body = RedriveRequest, responses((status = 200, body = RedriveResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto)))]
+    request_body = RedriveRequest, responses((status = 200, body = RedriveResponse), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 409, body = ProblemDto)))]
 pub async fn redrive(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -1113,7 +1071,7 @@ fn seek_target(to: &serde_json::Value) -> Result<SeekTarget> {
 
 #[utoipa::path(post, path = "/v1/subscriptions/{name}/seek", tag = "subscriptions", params(("name" = String, Path)),
     request_body = SeekRequest,
-    responses((status = 204), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 416, body = ProblemDto)))]
+    responses((status = 204), (status = 400, body = ProblemDto), (status = 404, body = ProblemDto), (status = 409, body = ProblemDto), (status = 416, body = ProblemDto)))]
 pub async fn seek(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,

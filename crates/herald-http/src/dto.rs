@@ -420,8 +420,8 @@ pub struct PullResponse {
     pub deliveries: Vec<DeliveryDto>,
 }
 
-/// Reads at most `RECEIPTS_MAX + 1` receipts and skips the rest, so an absurd list costs no
-/// memory before it is refused.
+/// Reads at most `RECEIPTS_MAX` receipts and refuses a longer list at the first receipt past
+/// it, so an absurd list costs no memory.
 fn bounded_receipts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     struct Bounded;
     impl<'de> serde::de::Visitor<'de> for Bounded {
@@ -433,14 +433,16 @@ fn bounded_receipts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<St
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
+            let limit = crate::api::RECEIPTS_MAX;
             let mut receipts = Vec::new();
-            while receipts.len() <= crate::api::RECEIPTS_MAX {
-                match seq.next_element::<String>()? {
-                    Some(receipt) => receipts.push(receipt),
-                    None => return Ok(receipts),
+            while let Some(receipt) = seq.next_element::<String>()? {
+                if receipts.len() == limit {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {limit} receipts in one call; the limit is {limit}"
+                    )));
                 }
+                receipts.push(receipt);
             }
-            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
             Ok(receipts)
         }
     }

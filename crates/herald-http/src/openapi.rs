@@ -105,7 +105,7 @@ pub fn document() -> String {
         Err(error) => return format!("{{\"error\":\"{error}\"}}"),
     };
     describe_errors(&mut document);
-    let missing = state_bounds(&mut document);
+    let missing = write_bounds(&mut document);
     debug_assert!(
         missing.is_empty(),
         "bounds for parts the document lacks: {missing:?}"
@@ -329,7 +329,7 @@ pub(crate) fn duration_pattern(min: u64, max: u64) -> String {
 }
 
 /// Writes the bounds into the document; answers the places it did not find.
-fn state_bounds(document: &mut Value) -> Vec<String> {
+fn write_bounds(document: &mut Value) -> Vec<String> {
     let day = Duration::from_secs(86_400);
     let wait = duration(Duration::ZERO, api::WAIT_MAX);
     let lease = Duration::from_millis(ACK_TIMEOUT_MAX_MS);
@@ -344,10 +344,12 @@ fn state_bounds(document: &mut Value) -> Vec<String> {
     )});
     let receipts =
         json!({"type": "array", "maxItems": api::RECEIPTS_MAX, "items": {"type": "string"}});
+    // Host names only (an address literal may be refused as private): the last label starts
+    // with a letter (one ending in a number parses as IPv4) and no label is punycode (`xn--`).
     let url = json!({
         "type": "string", "maxLength": PUSH_URL_BYTES_MAX,
         "pattern": format!(
-            r"^https?://[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*(?::{})?(?:/[A-Za-z0-9._~/-]*)?$",
+            r"^https?://(?:(?![Xx][Nn]--)[A-Za-z0-9-]+\.)*(?![Xx][Nn]--)[A-Za-z][A-Za-z0-9-]*(?::{})?(?:/[A-Za-z0-9._~/-]*)?$",
             integer_pattern(0, 65_535)
         )
     });
@@ -781,7 +783,7 @@ mod tests {
     fn every_bound_finds_its_place_in_the_document() {
         let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap();
         describe_errors(&mut document);
-        assert_eq!(state_bounds(&mut document), Vec::<String>::new());
+        assert_eq!(write_bounds(&mut document), Vec::<String>::new());
         let pull = &document["components"]["schemas"]["PullRequest"]["properties"]["max"];
         assert_eq!(pull["anyOf"][1]["minimum"], 1);
         assert_eq!(pull["anyOf"][1]["maximum"], 1000);

@@ -184,7 +184,7 @@ fn apply_patch(
 
 #[utoipa::path(patch, path = "/v1/subscriptions/{name}", tag = "subscriptions", params(("name" = String, Path)),
     request_body = SubscriptionPatch,
-    responses((status = 200, body = crate::dto::SubscriptionDto), (status = 400, body = crate::dto::ProblemDto), (status = 404, body = crate::dto::ProblemDto)))]
+    responses((status = 200, body = crate::dto::SubscriptionDto), (status = 400, body = crate::dto::ProblemDto), (status = 404, body = crate::dto::ProblemDto), (status = 409, body = crate::dto::ProblemDto)))]
 pub async fn patch_subscription(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -247,7 +247,7 @@ pub struct AttemptsQuery {
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{name}/attempts", tag = "subscriptions", params(("name" = String, Path), AttemptsQuery),
-    responses((status = 200, body = AttemptList), (status = 400, body = crate::dto::ProblemDto), (status = 404, body = crate::dto::ProblemDto)))]
+    responses((status = 200, body = AttemptList), (status = 400, body = crate::dto::ProblemDto), (status = 404, body = crate::dto::ProblemDto), (status = 409, body = crate::dto::ProblemDto)))]
 pub async fn attempts(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
